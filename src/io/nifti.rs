@@ -1,0 +1,447 @@
+//! NIfTI-1 reading and writing (`.nii`, `.nii.gz`) through the `nifti` crate.
+//!
+//! Every malformed input becomes a [`VolumeError`] naming the file and the
+//! problem; the header is validated before the crate is asked for anything that
+//! could panic. Writes go to a temporary file in the destination folder that is
+//! renamed into place, so an interrupted write never leaves a half file.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use nalgebra::Matrix4;
+use ndarray::{Array3, Ix3};
+use nifti::volume::ndarray::IntoNdArray;
+use nifti::writer::WriterOptions;
+use nifti::{DataElement, InMemNiftiVolume, NiftiHeader, NiftiType, XForm};
+use num_traits::FromPrimitive;
+
+use super::volume::Volume;
+
+/// A problem with one file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {problem}", path.display())]
+pub struct VolumeError {
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+impl VolumeError {
+    pub fn new(path: &Path, problem: impl Into<String>) -> Self {
+        VolumeError {
+            path: path.to_path_buf(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The on-disk voxel types this project reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    Int8,
+    Uint8,
+    Int16,
+    Uint16,
+    Int32,
+    Float32,
+    Float64,
+}
+
+impl DType {
+    pub const ALL: [DType; 7] = [
+        DType::Int8,
+        DType::Uint8,
+        DType::Int16,
+        DType::Uint16,
+        DType::Int32,
+        DType::Float32,
+        DType::Float64,
+    ];
+
+    fn from_nifti(t: NiftiType) -> Option<DType> {
+        Some(match t {
+            NiftiType::Int8 => DType::Int8,
+            NiftiType::Uint8 => DType::Uint8,
+            NiftiType::Int16 => DType::Int16,
+            NiftiType::Uint16 => DType::Uint16,
+            NiftiType::Int32 => DType::Int32,
+            NiftiType::Float32 => DType::Float32,
+            NiftiType::Float64 => DType::Float64,
+            _ => return None,
+        })
+    }
+
+    pub fn size_of(self) -> usize {
+        match self {
+            DType::Int8 | DType::Uint8 => 1,
+            DType::Int16 | DType::Uint16 => 2,
+            DType::Int32 | DType::Float32 => 4,
+            DType::Float64 => 8,
+        }
+    }
+
+    pub fn is_integer(self) -> bool {
+        !matches!(self, DType::Float32 | DType::Float64)
+    }
+}
+
+/// Element types a volume can be read into.
+pub trait Voxel:
+    DataElement + bytemuck::Pod + num_traits::NumCast + PartialOrd + Send + Sync + Bounded
+{
+}
+impl<T: DataElement + bytemuck::Pod + num_traits::NumCast + PartialOrd + Send + Sync + Bounded>
+    Voxel for T
+{
+}
+
+/// What the header said besides the volume itself.
+#[derive(Clone, Debug)]
+pub struct NiftiInfo {
+    pub dtype: DType,
+    /// "sform", "qform" or "pixdim": where the affine came from.
+    pub affine_source: &'static str,
+    pub scl_slope: f32,
+    pub scl_inter: f32,
+}
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Read a 3D NIfTI-1 file (`.nii` or `.nii.gz`) into a volume of `T`
+/// (scl_slope/scl_inter applied).
+pub fn read_nifti<T: Voxel>(path: &Path) -> Result<(Volume<T>, NiftiInfo), VolumeError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        let what = match e.kind() {
+            std::io::ErrorKind::NotFound => "file not found".to_string(),
+            _ => format!("cannot read file: {e}"),
+        };
+        VolumeError::new(path, what)
+    })?;
+    read_nifti_bytes(&bytes, path)
+}
+
+/// Read a NIfTI-1 file held in memory; `path` only names it in errors.
+pub fn read_nifti_bytes<T: Voxel>(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(Volume<T>, NiftiInfo), VolumeError> {
+    let err = |p: String| VolumeError::new(path, p);
+    let raw: std::borrow::Cow<[u8]> = if bytes.starts_with(&GZIP_MAGIC) {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .map_err(|e| err(format!("corrupt or truncated gzip stream ({e})")))?;
+        out.into()
+    } else {
+        bytes.into()
+    };
+    if raw.len() < 348 {
+        return Err(err(format!(
+            "not a NIfTI file: {} bytes, shorter than the 348-byte NIfTI-1 header",
+            raw.len()
+        )));
+    }
+    let sizeof_le = i32::from_le_bytes(raw[0..4].try_into().unwrap());
+    let sizeof_be = i32::from_be_bytes(raw[0..4].try_into().unwrap());
+    if sizeof_le == 540 || sizeof_be == 540 {
+        return Err(err(
+            "NIfTI-2 files are not supported; convert to NIfTI-1 (e.g. with nibabel: nib.Nifti1Image(img.dataobj, img.affine))".into(),
+        ));
+    }
+    if sizeof_le != 348 && sizeof_be != 348 {
+        return Err(err("not a NIfTI-1 file (sizeof_hdr is not 348)".into()));
+    }
+    let header = NiftiHeader::from_reader(&raw[..])
+        .map_err(|e| err(format!("invalid NIfTI header: {e}")))?;
+
+    let ndim = header.dim[0];
+    if !(1..=7).contains(&ndim) {
+        return Err(err(format!("invalid header: dim[0] = {ndim}")));
+    }
+    let dims: Vec<i64> = header.dim[1..=ndim as usize]
+        .iter()
+        .map(|&d| d as i16 as i64)
+        .collect();
+    if dims.iter().any(|&d| d <= 0) {
+        return Err(err(format!(
+            "invalid header: non-positive dimension in {dims:?}"
+        )));
+    }
+    if ndim < 3 {
+        return Err(err(format!(
+            "a 3D volume is needed, the file is {ndim}D ({dims:?})"
+        )));
+    }
+    if dims[3..].iter().any(|&d| d > 1) {
+        return Err(err(format!(
+            "a 3D volume is needed, the file is {ndim}D with shape {dims:?}; extract one volume first"
+        )));
+    }
+    let shape = [dims[0] as usize, dims[1] as usize, dims[2] as usize];
+
+    let nifti_type = NiftiType::from_i16(header.datatype)
+        .ok_or_else(|| err(format!("unknown NIfTI datatype code {}", header.datatype)))?;
+    let dtype = DType::from_nifti(nifti_type).ok_or_else(|| {
+        err(format!(
+            "unsupported voxel type {nifti_type:?}; supported: int8, uint8, int16, uint16, int32, float32, float64"
+        ))
+    })?;
+
+    for a in 0..3 {
+        let s = header.pixdim[a + 1];
+        if !(s.is_finite() && s > 0.0) {
+            return Err(err(format!(
+                "voxel spacing must be positive, pixdim[{}] = {s}",
+                a + 1
+            )));
+        }
+    }
+    let spacing = [0, 1, 2].map(|a| header.pixdim[a + 1] as f64);
+
+    let offset = header.vox_offset;
+    if !(offset.is_finite() && offset >= 348.0) {
+        return Err(err(format!("invalid vox_offset {offset}")));
+    }
+    let offset = offset as usize;
+    let n_vox: usize = shape.iter().product();
+    let need = n_vox * dtype.size_of();
+    if raw.len() < offset + need {
+        return Err(err(format!(
+            "the header's dimensions {}x{}x{} of {dtype:?} need {need} bytes of voxel data, the file holds {} (truncated or wrong header)",
+            shape[0],
+            shape[1],
+            shape[2],
+            raw.len().saturating_sub(offset)
+        )));
+    }
+
+    let (affine, affine_source) = header_affine(&header, spacing).map_err(err)?;
+
+    let mut h3 = header.clone();
+    h3.dim = [
+        3,
+        shape[0] as u16,
+        shape[1] as u16,
+        shape[2] as u16,
+        1,
+        1,
+        1,
+        1,
+    ];
+    let vol = InMemNiftiVolume::from_raw_data(&h3, raw[offset..offset + need].to_vec())
+        .map_err(|e| err(format!("cannot read voxel data: {e}")))?;
+    let arr = vol
+        .into_ndarray::<T>()
+        .map_err(|e| err(format!("cannot convert voxel data: {e}")))?;
+    let arr: Array3<T> = arr
+        .into_dimensionality::<Ix3>()
+        .map_err(|_| err("voxel data does not match the header's shape".into()))?;
+    let data = arr.as_standard_layout().into_owned();
+
+    Ok((
+        Volume {
+            data,
+            spacing,
+            affine,
+        },
+        NiftiInfo {
+            dtype,
+            affine_source,
+            scl_slope: header.scl_slope,
+            scl_inter: header.scl_inter,
+        },
+    ))
+}
+
+fn is_usable(m: &Matrix4<f64>) -> bool {
+    m.iter().all(|x| x.is_finite()) && m.fixed_view::<3, 3>(0, 0).determinant().abs() > 1e-12
+}
+
+/// The voxel-to-world affine: sform if its code is set and it is usable, else
+/// qform, else the diagonal of the spacing.
+fn header_affine(
+    h: &NiftiHeader,
+    spacing: [f64; 3],
+) -> Result<(Matrix4<f64>, &'static str), String> {
+    if h.sform_code > 0 {
+        let m = h.sform_affine::<f64>();
+        if is_usable(&m) {
+            return Ok((m, "sform"));
+        }
+    }
+    if h.qform_code > 0 {
+        let m = qform_affine(h);
+        if is_usable(&m) {
+            return Ok((m, "qform"));
+        }
+    }
+    let mut m = Matrix4::identity();
+    for a in 0..3 {
+        m[(a, a)] = spacing[a];
+    }
+    Ok((m, "pixdim"))
+}
+
+/// The qform affine as nifti1_io's `quatern_to_mat44` computes it (the NIfTI
+/// reference): a near-zero quaternion `a` is set to 0 and (b, c, d) renormalised,
+/// which keeps 90° rotations exact despite the f32 storage.
+fn qform_affine(h: &NiftiHeader) -> Matrix4<f64> {
+    let (mut b, mut c, mut d) = (h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64);
+    let mut a = 1.0 - (b * b + c * c + d * d);
+    if a < 1e-7 {
+        let n = (b * b + c * c + d * d).sqrt();
+        if n > 0.0 {
+            b /= n;
+            c /= n;
+            d /= n;
+        }
+        a = 0.0;
+    } else {
+        a = a.sqrt();
+    }
+    let [dx, dy, mut dz] = [1, 2, 3].map(|i| h.pixdim[i] as f64);
+    if h.pixdim[0] < 0.0 {
+        dz = -dz; // qfac
+    }
+    let r = [
+        [
+            a * a + b * b - c * c - d * d,
+            2.0 * (b * c - a * d),
+            2.0 * (b * d + a * c),
+        ],
+        [
+            2.0 * (b * c + a * d),
+            a * a + c * c - b * b - d * d,
+            2.0 * (c * d - a * b),
+        ],
+        [
+            2.0 * (b * d - a * c),
+            2.0 * (c * d + a * b),
+            a * a + d * d - c * c - b * b,
+        ],
+    ];
+    let t = [h.quatern_x, h.quatern_y, h.quatern_z].map(|x| x as f64);
+    let mut m = Matrix4::identity();
+    for row in 0..3 {
+        m[(row, 0)] = r[row][0] * dx;
+        m[(row, 1)] = r[row][1] * dy;
+        m[(row, 2)] = r[row][2] * dz;
+        m[(row, 3)] = t[row];
+    }
+    m
+}
+
+/// Bounds of the voxel types, for saturating casts.
+pub trait Bounded {
+    fn min_value_hint() -> Self;
+    fn max_value_hint() -> Self;
+}
+macro_rules! bounded {
+    ($($t:ty),*) => {$(
+        impl Bounded for $t {
+            fn min_value_hint() -> Self { <$t>::MIN }
+            fn max_value_hint() -> Self { <$t>::MAX }
+        }
+    )*};
+}
+bounded!(i8, u8, i16, u16, i32, f32, f64);
+
+/// Write a volume as NIfTI-1 (`.nii.gz` compresses) with voxel type `dtype`,
+/// the volume's affine in both sform and qform (code 1, scanner) and its spacing
+/// in pixdim. Values are rounded and saturated for integer types.
+pub fn write_nifti<T: Voxel>(
+    path: &Path,
+    vol: &Volume<T>,
+    dtype: DType,
+) -> Result<(), VolumeError> {
+    fn typed<T: Voxel, U: Voxel>(vol: &Volume<T>, integer: bool) -> Array3<U> {
+        vol.data.map(|&v| cast_voxel::<T, U>(v, integer))
+    }
+    let int = dtype.is_integer();
+    match dtype {
+        DType::Int8 => write_typed(path, vol, &typed::<T, i8>(vol, int)),
+        DType::Uint8 => write_typed(path, vol, &typed::<T, u8>(vol, int)),
+        DType::Int16 => write_typed(path, vol, &typed::<T, i16>(vol, int)),
+        DType::Uint16 => write_typed(path, vol, &typed::<T, u16>(vol, int)),
+        DType::Int32 => write_typed(path, vol, &typed::<T, i32>(vol, int)),
+        DType::Float32 => write_typed(path, vol, &typed::<T, f32>(vol, int)),
+        DType::Float64 => write_typed(path, vol, &typed::<T, f64>(vol, int)),
+    }
+}
+
+fn cast_voxel<T: Voxel, U: Voxel>(v: T, integer_target: bool) -> U {
+    let x: f64 = num_traits::cast(v).unwrap_or(f64::NAN);
+    let x = if integer_target { x.round() } else { x };
+    match num_traits::cast::<f64, U>(x) {
+        Some(u) if !(integer_target && x.is_nan()) => u,
+        _ => {
+            let lo: f64 = num_traits::cast(U::min_value_hint()).unwrap_or(0.0);
+            if x.is_nan() {
+                num_traits::cast::<f64, U>(0.0).unwrap_or(U::min_value_hint())
+            } else if x < lo {
+                U::min_value_hint()
+            } else {
+                U::max_value_hint()
+            }
+        }
+    }
+}
+
+fn write_typed<T, U: Voxel>(
+    path: &Path,
+    vol: &Volume<T>,
+    data: &Array3<U>,
+) -> Result<(), VolumeError> {
+    let err = |p: String| VolumeError::new(path, p);
+    if vol.spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(err(format!(
+            "cannot write a volume with spacing {:?}",
+            vol.spacing
+        )));
+    }
+    if vol.shape().iter().any(|&n| n == 0 || n > i16::MAX as usize) {
+        return Err(err(format!(
+            "cannot write a volume of shape {:?}",
+            vol.shape()
+        )));
+    }
+    let mut header = NiftiHeader::default();
+    header.set_sform(&vol.affine, XForm::ScannerAnat);
+    header.set_qform(&vol.affine, XForm::ScannerAnat);
+    for a in 0..3 {
+        header.pixdim[a + 1] = vol.spacing[a] as f32;
+    }
+    header.xyzt_units = 2 | 8; // mm, s
+    let _ = header.set_description_str("rlu2net");
+
+    let name = path
+        .file_name()
+        .ok_or_else(|| err("not a file path".into()))?
+        .to_string_lossy()
+        .to_string();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let ext = if name.ends_with(".nii.gz") {
+        ".nii.gz"
+    } else if name.ends_with(".nii") {
+        ".nii"
+    } else {
+        return Err(err("output file name must end in .nii or .nii.gz".into()));
+    };
+    // the nifti writer rewrites everything after the first dot it sees, so no inner dots
+    let stem = name[..name.len() - ext.len()].replace('.', "_");
+    let tmp = dir.join(format!(".{stem}-{}-partial{ext}", std::process::id()));
+    let result = WriterOptions::new(&tmp)
+        .reference_header(&header)
+        .write_nifti(data)
+        .map_err(|e| err(format!("cannot write: {e}")))
+        .and_then(|_| {
+            std::fs::rename(&tmp, path).map_err(|e| err(format!("cannot move into place: {e}")))
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

@@ -1,0 +1,10 @@
+//! RL-U²Net: dual-branch 3D U-Net whole-heart segmentation of CT and MRI,
+//! with PPO agents that steer the cross-modal pose alignment.
+//!
+//! The data flows one way: `io` → `preprocess` → `data` → `model` (+ `rl`) →
+//! `loss`/`train` → `infer` → `metrics`. Lower layers never import higher ones.
+
+pub mod data;
+pub mod geometry;
+pub mod io;
+pub mod viz;
