@@ -4,7 +4,9 @@
 //! The data flows one way: `io` → `preprocess` → `data` → `model` (+ `rl`) →
 //! `loss`/`train` → `infer` → `metrics`. Lower layers never import higher ones.
 
+pub mod cli;
 pub mod data;
+pub mod device;
 pub mod geometry;
 pub mod io;
 pub mod viz;

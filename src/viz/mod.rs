@@ -1,1 +1,193 @@
+//! Pictures for people: three-plane previews with label contours.
 
+use std::path::Path;
+
+use anyhow::Context;
+use ndarray::Array3;
+use plotters::prelude::*;
+
+use crate::data::layout::Modality;
+use crate::io::{Volume, to_ras};
+
+/// Contour colours of the classes `[bg, Myo, LA, LV, RA, RV, AA, PA]`.
+pub const CLASS_COLOURS: [[u8; 3]; 8] = [
+    [0, 0, 0],
+    [255, 220, 0],
+    [255, 105, 180],
+    [230, 30, 30],
+    [40, 90, 255],
+    [0, 220, 230],
+    [255, 140, 0],
+    [40, 210, 60],
+];
+
+/// Write an RGB buffer (`w·h·3` bytes) as a PNG, through a temporary file and a rename.
+pub fn save_rgb_png(path: &Path, w: u32, h: u32, rgb: &[u8]) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .context("not a file path")?
+        .to_string_lossy()
+        .replace('.', "_");
+    let tmp = path.with_file_name(format!(".{name}-{}-partial.png", std::process::id()));
+    {
+        let root = BitMapBackend::new(&tmp, (w, h));
+        let mut root = root;
+        root.blit_bitmap((0, 0), (w, h), rgb)
+            .map_err(|e| anyhow::anyhow!("{}: cannot draw: {e:?}", path.display()))?;
+        root.present()
+            .map_err(|e| anyhow::anyhow!("{}: cannot write PNG: {e:?}", path.display()))?;
+    }
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("{}: cannot move into place", path.display()))
+}
+
+/// One displayed plane: grey values and classes, row-major.
+struct Plane {
+    w: usize,
+    h: usize,
+    grey: Vec<u8>,
+    cls: Vec<u8>,
+}
+
+/// Sample a plane of a RAS volume at 1 mm per pixel (nearest neighbour).
+/// `axes = (col_axis, row_axis, fixed_axis)`; columns and rows run towards
+/// decreasing world coordinate (radiological view, superior/anterior up).
+fn plane(
+    img: &Array3<f32>,
+    cls: &Array3<u8>,
+    spacing: [f64; 3],
+    axes: (usize, usize, usize),
+    fixed: usize,
+    window: (f32, f32),
+) -> Plane {
+    let shape = img.shape();
+    let (ca, ra, fa) = axes;
+    let mm = 1.0;
+    let w = ((shape[ca] as f64 * spacing[ca]) / mm).round().max(1.0) as usize;
+    let h = ((shape[ra] as f64 * spacing[ra]) / mm).round().max(1.0) as usize;
+    let mut grey = vec![0u8; w * h];
+    let mut cl = vec![0u8; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let ci = shape[ca]
+                - 1
+                - ((x as f64 + 0.5) * mm / spacing[ca])
+                    .floor()
+                    .min(shape[ca] as f64 - 1.0) as usize;
+            let ri = shape[ra]
+                - 1
+                - ((y as f64 + 0.5) * mm / spacing[ra])
+                    .floor()
+                    .min(shape[ra] as f64 - 1.0) as usize;
+            let mut idx = [0usize; 3];
+            idx[ca] = ci;
+            idx[ra] = ri;
+            idx[fa] = fixed;
+            let v = img[idx];
+            let t = ((v - window.0) / (window.1 - window.0)).clamp(0.0, 1.0);
+            grey[y * w + x] = (t * 255.0) as u8;
+            cl[y * w + x] = cls[idx];
+        }
+    }
+    Plane {
+        w,
+        h,
+        grey,
+        cls: cl,
+    }
+}
+
+/// Three orthogonal mid-slices through the heart (axial, coronal, sagittal) with
+/// label contours, side by side.
+pub fn preview_png(
+    path: &Path,
+    image: &Volume<f32>,
+    classes: &Volume<u8>,
+    modality: Modality,
+) -> anyhow::Result<()> {
+    let (img, _) = to_ras(image);
+    let (cls, _) = to_ras(classes);
+    let mut sum = [0.0f64; 3];
+    let mut n = 0usize;
+    for ((i, j, k), &c) in cls.data.indexed_iter() {
+        if c > 0 {
+            sum[0] += i as f64;
+            sum[1] += j as f64;
+            sum[2] += k as f64;
+            n += 1;
+        }
+    }
+    let s = img.shape();
+    let centre: [usize; 3] = if n > 0 {
+        std::array::from_fn(|a| (sum[a] / n as f64).round() as usize)
+    } else {
+        std::array::from_fn(|a| s[a] / 2)
+    };
+    let window = match modality {
+        Modality::Ct => (-300.0, 700.0),
+        Modality::Mr => {
+            let mut v: Vec<f32> = img.data.iter().copied().step_by(7).collect();
+            v.sort_by(f32::total_cmp);
+            (0.0, v[(v.len() as f64 * 0.995) as usize].max(1.0))
+        }
+    };
+    let planes = [
+        plane(
+            &img.data,
+            &cls.data,
+            img.spacing,
+            (0, 1, 2),
+            centre[2],
+            window,
+        ),
+        plane(
+            &img.data,
+            &cls.data,
+            img.spacing,
+            (0, 2, 1),
+            centre[1],
+            window,
+        ),
+        plane(
+            &img.data,
+            &cls.data,
+            img.spacing,
+            (1, 2, 0),
+            centre[0],
+            window,
+        ),
+    ];
+    let gap = 4;
+    let w: usize = planes.iter().map(|p| p.w).sum::<usize>() + gap * 2;
+    let h: usize = planes.iter().map(|p| p.h).max().unwrap_or(1);
+    let mut rgb = vec![0u8; w * h * 3];
+    let mut x0 = 0;
+    for p in &planes {
+        for y in 0..p.h {
+            for x in 0..p.w {
+                let c = p.cls[y * p.w + x];
+                let edge = c > 0
+                    && [(0i32, 1i32), (0, -1), (1, 0), (-1, 0)]
+                        .iter()
+                        .any(|&(dx, dy)| {
+                            let (xx, yy) = (x as i32 + dx, y as i32 + dy);
+                            xx < 0
+                                || yy < 0
+                                || xx >= p.w as i32
+                                || yy >= p.h as i32
+                                || p.cls[yy as usize * p.w + xx as usize] != c
+                        });
+                let px = if edge {
+                    CLASS_COLOURS[c as usize]
+                } else {
+                    let g = p.grey[y * p.w + x];
+                    [g, g, g]
+                };
+                let o = (y * w + x0 + x) * 3;
+                rgb[o..o + 3].copy_from_slice(&px);
+            }
+        }
+        x0 += p.w + gap;
+    }
+    save_rgb_png(path, w as u32, h as u32, &rgb)
+}

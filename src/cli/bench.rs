@@ -1,0 +1,137 @@
+//! `rlu2net bench kernels`: median timings of the network's building blocks.
+
+use std::time::Instant;
+
+use burn::nn::PaddingConfig3d;
+use burn::nn::conv::Conv3dConfig;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Distribution, Tensor};
+
+use crate::device::{Backend, describe, device};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// What to time.
+    #[arg(value_enum, default_value_t = BenchWhat::Kernels)]
+    pub what: BenchWhat,
+    /// Timed runs per kernel (after one warm-up run); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum BenchWhat {
+    /// Conv3d 16→16 k3 on [1,16,64³] (forward; forward+backward) and one windowed attention step.
+    Kernels,
+}
+
+fn median_ms(runs: usize, mut f: impl FnMut()) -> (f64, Vec<f64>) {
+    f(); // warm-up
+    let mut t: Vec<f64> = (0..runs.max(1))
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    let all = t.clone();
+    t.sort_by(f64::total_cmp);
+    (t[t.len() / 2], all)
+}
+
+fn sync(d: &Device) {
+    d.sync().expect("device sync");
+}
+
+/// One windowed multi-head self-attention step with a relative-position bias:
+/// x [nW, N, C] → qkv → softmax(QKᵀ/√d + bias)·V → projection.
+fn window_attention(
+    x: Tensor<3>,
+    w_qkv: &Tensor<2>,
+    w_proj: &Tensor<2>,
+    bias: &Tensor<4>,
+    heads: usize,
+) -> Tensor<3> {
+    let [nw, n, c] = x.dims();
+    let d = c / heads;
+    let qkv = x.matmul(w_qkv.clone().unsqueeze::<3>()); // [nW, N, 3C]
+    let qkv = qkv.reshape([nw, n, 3, heads, d]).permute([2, 0, 3, 1, 4]); // [3, nW, h, N, d]
+    let q = qkv.clone().narrow(0, 0, 1).reshape([nw, heads, n, d]);
+    let k = qkv.clone().narrow(0, 1, 1).reshape([nw, heads, n, d]);
+    let v = qkv.narrow(0, 2, 1).reshape([nw, heads, n, d]);
+    let att = q
+        .matmul(k.swap_dims(2, 3))
+        .mul_scalar(1.0 / (d as f64).sqrt())
+        + bias.clone();
+    let out = softmax(att, 3).matmul(v); // [nW, h, N, d]
+    out.swap_dims(1, 2)
+        .reshape([nw, n, c])
+        .matmul(w_proj.clone().unsqueeze::<3>())
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let BenchWhat::Kernels = a.what;
+    let dev = device(a.backend)?;
+    let ad = dev.clone().autodiff();
+    println!(
+        "backend: {}; threads: {}",
+        describe(a.backend),
+        rayon::current_num_threads()
+    );
+    println!("{:<62} {:>10}  runs (ms)", "kernel", "median ms");
+    let report = |name: &str, (m, all): (f64, Vec<f64>)| {
+        let runs: Vec<String> = all.iter().map(|x| format!("{x:.0}")).collect();
+        println!("{name:<62} {m:>10.1}  {}", runs.join(" "));
+    };
+
+    // Conv3d 16→16, k3, padding 1, on [1, 16, 64, 64, 64]
+    let conv = Conv3dConfig::new([16, 16], [3, 3, 3])
+        .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+        .init(&dev);
+    let x = Tensor::<5>::random([1, 16, 64, 64, 64], Distribution::Normal(0.0, 1.0), &dev);
+    report(
+        "Conv3d 16->16 k3 p1 [1,16,64^3] forward",
+        median_ms(a.runs, || {
+            let y = conv.forward(x.clone());
+            let _ = y.sum().into_scalar::<f32>();
+            sync(&dev);
+        }),
+    );
+    let conv_ad = Conv3dConfig::new([16, 16], [3, 3, 3])
+        .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+        .init(&ad);
+    let xa = Tensor::<5>::random([1, 16, 64, 64, 64], Distribution::Normal(0.0, 1.0), &ad)
+        .require_grad();
+    report(
+        "Conv3d 16->16 k3 p1 [1,16,64^3] forward+backward",
+        median_ms(a.runs, || {
+            let y = conv_ad.forward(xa.clone());
+            let g = y.sum().backward();
+            let gw = conv_ad.weight.val().grad(&g).expect("weight gradient");
+            let _ = gw.sum().into_scalar::<f32>();
+            sync(&ad);
+        }),
+    );
+
+    // windowed attention: 512 windows x 64 tokens (4^3) x 96 channels, 3 heads
+    let (nw, n, c, h) = (512, 64, 96, 3);
+    let x = Tensor::<3>::random([nw, n, c], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+    let w_qkv =
+        Tensor::<2>::random([c, 3 * c], Distribution::Normal(0.0, 0.05), &ad).require_grad();
+    let w_proj = Tensor::<2>::random([c, c], Distribution::Normal(0.0, 0.05), &ad).require_grad();
+    let bias =
+        Tensor::<4>::random([1, h, n, n], Distribution::Normal(0.0, 0.02), &ad).require_grad();
+    report(
+        "window attention 512x64 tokens x96 ch, 3 heads, rel. bias, fwd+bwd",
+        median_ms(a.runs, || {
+            let y = window_attention(x.clone(), &w_qkv, &w_proj, &bias, h);
+            let g = y.sum().backward();
+            let gq = w_qkv.grad(&g).expect("qkv gradient");
+            let _ = gq.sum().into_scalar::<f32>();
+            sync(&ad);
+        }),
+    );
+    Ok(())
+}

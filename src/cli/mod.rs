@@ -1,0 +1,210 @@
+//! The `rlu2net` command line: a thin shell over the library.
+
+pub mod bench;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::data::inspect::inspect_case;
+use crate::data::synth::{Scale, SynthOptions, default_mr_pose, generate};
+use crate::data::{Modality, Split, discover};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rlu2net",
+    version,
+    about = "RL-U²Net whole-heart segmentation of CT and MRI"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write a SynthWHS data set (paired CT/MRI whole-heart volumes in the MM-WHS layout).
+    Synth(SynthArgs),
+    /// Check a data folder in the MM-WHS layout: one line per case and a summary.
+    Inspect {
+        /// The data folder (holding ct_train/, mr_train/, ct_test/, mr_test/).
+        data: PathBuf,
+    },
+    /// Time the kernels the network is made of (Conv3d, windowed attention).
+    Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SynthArgs {
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of training pairs.
+    #[arg(long, default_value_t = 20)]
+    pub cases: usize,
+    /// Number of test pairs.
+    #[arg(long, default_value_t = 10)]
+    pub test_cases: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// CT and MRI of a case are the same subject (default).
+    #[arg(long, conflicts_with = "unpaired")]
+    pub paired: bool,
+    /// CT and MRI of a case are different subjects, as in MM-WHS.
+    #[arg(long)]
+    pub unpaired: bool,
+    /// The MRI pose offset: index 0..23 of a cube rotation (default: 90° about the
+    /// superior axis), plus up to ±10° jitter per case.
+    #[arg(long)]
+    pub mr_pose: Option<usize>,
+    /// Voxel sizes: small (quick), default, or paper (MM-WHS-like, large files).
+    #[arg(long, value_enum, default_value_t = Scale::Default)]
+    pub scale: Scale,
+    /// Also write PNG previews (three planes with label contours) of the first pair of each split.
+    #[arg(long)]
+    pub preview: bool,
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Synth(a) => synth(a),
+        Command::Inspect { data } => inspect(&data),
+        Command::Bench(a) => bench::run(a),
+    }
+}
+
+fn synth(a: SynthArgs) -> anyhow::Result<()> {
+    let opts = SynthOptions {
+        cases: a.cases,
+        test_cases: a.test_cases,
+        seed: a.seed,
+        paired: !a.unpaired,
+        mr_pose: a.mr_pose.unwrap_or_else(default_mr_pose),
+        scale: a.scale,
+        preview: a.preview,
+    };
+    let pb = bar((opts.cases + opts.test_cases) as u64, "synth pairs");
+    let t0 = std::time::Instant::now();
+    let manifest = generate(&opts, &a.out, &|| pb.inc(1))?;
+    pb.finish();
+    eprintln!(
+        "wrote {} CT/MRI pairs ({} train, {} test) to {} in {:.1} s; parameters in {}",
+        manifest.cases.len(),
+        opts.cases,
+        opts.test_cases,
+        a.out.display(),
+        t0.elapsed().as_secs_f64(),
+        a.out.join("manifest.json").display()
+    );
+    if opts.preview {
+        eprintln!("previews in {}", a.out.join("preview").display());
+    }
+    eprintln!("next: rlu2net inspect {}", a.out.display());
+    Ok(())
+}
+
+fn inspect(data: &std::path::Path) -> anyhow::Result<()> {
+    use rayon::prelude::*;
+    let ds = discover(data)?;
+    for w in &ds.warnings {
+        eprintln!("warning: {w}");
+    }
+    anyhow::ensure!(
+        !ds.cases.is_empty(),
+        "{}: no cases found; expected files such as ct_train/ct_train_1001_image.nii.gz (make a data set with `rlu2net synth --out {}`)",
+        data.display(),
+        data.display()
+    );
+    let done = AtomicUsize::new(0);
+    let pb = bar(ds.cases.len() as u64, "reading");
+    let results: Vec<_> = ds
+        .cases
+        .par_iter()
+        .with_max_len(1)
+        .map(|c| {
+            let r = inspect_case(c);
+            done.fetch_add(1, Ordering::Relaxed);
+            pb.inc(1);
+            r
+        })
+        .collect();
+    pb.finish_and_clear();
+    println!(
+        "{:<16} {:<3} {:<5} {:<14} {:<19} {} {:<7} {:<12}  labels",
+        "case", "mod", "split", "shape", "spacing", "ori", "dtype", "intensity"
+    );
+    let mut errors = 0;
+    let mut with_problems = 0;
+    for (case, r) in ds.cases.iter().zip(&results) {
+        match r {
+            Ok(s) => {
+                println!("{}", s.line());
+                if !s.problems.is_empty() {
+                    with_problems += 1;
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                println!("{:<16} ERROR {e:#}", case.name());
+            }
+        }
+    }
+    println!();
+    for m in [Modality::Ct, Modality::Mr] {
+        for s in [Split::Train, Split::Test] {
+            let sel: Vec<_> = ds
+                .cases
+                .iter()
+                .zip(&results)
+                .filter(|(c, _)| c.modality == m && c.split == s)
+                .collect();
+            if sel.is_empty() {
+                continue;
+            }
+            let ok: Vec<_> = sel.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
+            let labelled = sel.iter().filter(|(c, _)| c.label.is_some()).count();
+            let (mut lo, mut hi) = ([f64::INFINITY; 3], [0.0f64; 3]);
+            for s in &ok {
+                for a in 0..3 {
+                    lo[a] = lo[a].min(s.spacing[a]);
+                    hi[a] = hi[a].max(s.spacing[a]);
+                }
+            }
+            let orients: std::collections::BTreeSet<_> =
+                ok.iter().map(|s| s.orientation.clone()).collect();
+            println!(
+                "{m} {:<5}: {} cases ({} with labels); spacing {:.2}-{:.2} x {:.2}-{:.2} x {:.2}-{:.2} mm; orientations {}",
+                s.name(),
+                sel.len(),
+                labelled,
+                lo[0],
+                hi[0],
+                lo[1],
+                hi[1],
+                lo[2],
+                hi[2],
+                orients.into_iter().collect::<Vec<_>>().join(",")
+            );
+        }
+    }
+    if errors + with_problems > 0 {
+        anyhow::bail!(
+            "{errors} case(s) could not be read and {with_problems} have problems (see above)"
+        );
+    }
+    println!("all {} cases read cleanly", ds.cases.len());
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! `rlu2net inspect`: what a data folder holds, one line per case.
+
+use crate::data::labels::{STRUCTURES, class_counts, labels_to_classes};
+use crate::data::layout::Case;
+use crate::io::{Orientation, read_nifti};
+
+/// What one case looks like.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CaseSummary {
+    pub name: String,
+    pub modality: String,
+    pub split: String,
+    pub shape: [usize; 3],
+    pub spacing: [f64; 3],
+    pub orientation: String,
+    pub dtype: String,
+    pub intensity: (f32, f32),
+    /// Structures present in the label map; None when the case has no label file.
+    pub structures: Option<Vec<String>>,
+    /// Problems found (label grid differs from the image's, …).
+    pub problems: Vec<String>,
+}
+
+impl CaseSummary {
+    pub fn line(&self) -> String {
+        let labels = match &self.structures {
+            None => "no label".to_string(),
+            Some(s) if s.is_empty() => "labels: none".to_string(),
+            Some(s) => format!("labels: {}", s.join(" ")),
+        };
+        let mut line = format!(
+            "{:<16} {:<3} {:<5} {:<14} {:<19} {} {:<7} {:<12}  {}",
+            self.name,
+            self.modality,
+            self.split,
+            format!("{}x{}x{}", self.shape[0], self.shape[1], self.shape[2]),
+            format!(
+                "{:.2}x{:.2}x{:.2}mm",
+                self.spacing[0], self.spacing[1], self.spacing[2]
+            ),
+            self.orientation,
+            self.dtype,
+            format!("[{:.0}, {:.0}]", self.intensity.0, self.intensity.1),
+            labels
+        );
+        for p in &self.problems {
+            line.push_str(&format!("\n    problem: {p}"));
+        }
+        line
+    }
+}
+
+/// Read a case's image (and label) and summarise it.
+pub fn inspect_case(case: &Case) -> anyhow::Result<CaseSummary> {
+    let (img, info) = read_nifti::<f32>(&case.image)?;
+    let mut problems = Vec::new();
+    let structures = match &case.label {
+        None => None,
+        Some(lp) => {
+            let (lab, _) = read_nifti::<f32>(lp)?;
+            let cls = labels_to_classes(&lab, lp)?;
+            if lab.shape() != img.shape() {
+                problems.push(format!(
+                    "label shape {:?} differs from image shape {:?}",
+                    lab.shape(),
+                    img.shape()
+                ));
+            } else if (lab.affine - img.affine).abs().max() > 1e-3 {
+                problems.push("label affine differs from the image's".to_string());
+            }
+            let n = class_counts(&cls.data);
+            Some(
+                (1..8)
+                    .filter(|&c| n[c] > 0)
+                    .map(|c| STRUCTURES[c - 1].to_string())
+                    .collect(),
+            )
+        }
+    };
+    Ok(CaseSummary {
+        name: case.name(),
+        modality: case.modality.to_string(),
+        split: case.split.name().to_string(),
+        shape: img.shape(),
+        spacing: img.spacing,
+        orientation: Orientation::of_affine(&img.affine).code(),
+        dtype: format!("{:?}", info.dtype).to_lowercase(),
+        intensity: img.intensity_range().unwrap_or((f32::NAN, f32::NAN)),
+        structures,
+        problems,
+    })
+}
