@@ -4,6 +4,9 @@
 //! The data flows one way: `io` → `preprocess` → `data` → `model` (+ `rl`) →
 //! `loss`/`train` → `infer` → `metrics`. Lower layers never import higher ones.
 
+// Index loops over x/y/z read like the formulas they implement.
+#![allow(clippy::needless_range_loop)]
+
 pub mod cli;
 pub mod data;
 pub mod device;

@@ -143,8 +143,8 @@ fn inspect(data: &std::path::Path) -> anyhow::Result<()> {
         .collect();
     pb.finish_and_clear();
     println!(
-        "{:<16} {:<3} {:<5} {:<14} {:<19} {} {:<7} {:<12}  labels",
-        "case", "mod", "split", "shape", "spacing", "ori", "dtype", "intensity"
+        "{:<16} {:<3} {:<5} {:<14} {:<19} ori {:<7} {:<12}  labels",
+        "case", "mod", "split", "shape", "spacing", "dtype", "intensity"
     );
     let mut errors = 0;
     let mut with_problems = 0;

@@ -22,10 +22,10 @@ pub fn class_of_value(v: i32) -> Option<u8> {
 pub fn labels_to_classes(vol: &Volume<f32>, path: &Path) -> Result<Volume<u8>, VolumeError> {
     let mut bad: Option<f32> = None;
     let data: Array3<u8> = vol.data.map(|&v| {
-        if v.fract() == 0.0 {
-            if let Some(c) = class_of_value(v as i32) {
-                return c;
-            }
+        if v.fract() == 0.0
+            && let Some(c) = class_of_value(v as i32)
+        {
+            return c;
         }
         if bad.is_none() {
             bad = Some(v);

@@ -134,8 +134,8 @@ pub fn discover(root: &Path) -> anyhow::Result<Dataset> {
             root.display()
         );
     }
-    let mut found: BTreeMap<(Modality, Split, u32), (Option<PathBuf>, Option<PathBuf>)> =
-        BTreeMap::new();
+    type ImageAndLabel = (Option<PathBuf>, Option<PathBuf>);
+    let mut found: BTreeMap<(Modality, Split, u32), ImageAndLabel> = BTreeMap::new();
     let mut warnings = Vec::new();
     for m in [Modality::Ct, Modality::Mr] {
         for s in [Split::Train, Split::Test] {
