@@ -12,4 +12,5 @@ pub mod data;
 pub mod device;
 pub mod geometry;
 pub mod io;
+pub mod model;
 pub mod viz;

@@ -8,6 +8,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Distribution, Tensor};
 
 use crate::device::{Backend, describe, device};
+use crate::model::Preset;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -19,12 +20,17 @@ pub struct BenchArgs {
     pub runs: usize,
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
+    /// Preset for `bench model`.
+    #[arg(long, value_enum, default_value_t = Preset::Cpu)]
+    pub preset: Preset,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum BenchWhat {
     /// Conv3d 16→16 k3 on [1,16,64³] (forward; forward+backward) and one windowed attention step.
     Kernels,
+    /// One RL-U²Net forward pass (inference) and forward+backward (training) of a CT+MRI pair.
+    Model,
 }
 
 fn median_ms(runs: usize, mut f: impl FnMut()) -> (f64, Vec<f64>) {
@@ -72,7 +78,51 @@ fn window_attention(
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    let BenchWhat::Kernels = a.what;
+    match a.what {
+        BenchWhat::Kernels => kernels(a),
+        BenchWhat::Model => model(a),
+    }
+}
+
+fn model(a: BenchArgs) -> anyhow::Result<()> {
+    use crate::model::{ActionMode, ModelConfig, RlU2Net};
+    use rand::SeedableRng;
+    let cfg = ModelConfig::preset(a.preset);
+    let p = cfg.patch;
+    let dev = device(a.backend)?;
+    println!(
+        "backend: {}; threads: {}; preset {:?} ({p}³ pair, batch 1)",
+        describe(a.backend),
+        rayon::current_num_threads(),
+        a.preset
+    );
+    let net = RlU2Net::new(&cfg, &dev);
+    let ct = Tensor::<5>::random([1, 1, p, p, p], Distribution::Normal(0.0, 1.0), &dev);
+    let mr = Tensor::<5>::random([1, 1, p, p, p], Distribution::Normal(0.0, 1.0), &dev);
+    let (m, all) = median_ms(a.runs, || {
+        let out =
+            net.forward::<rand_chacha::ChaCha8Rng>(ct.clone(), mr.clone(), &mut ActionMode::TopK);
+        let _ = out.logits_ct.sum().into_scalar::<f32>();
+        sync(&dev);
+    });
+    println!("forward (inference, top-k rotations): median {m:.0} ms, runs {all:.0?}");
+    let ad = dev.clone().autodiff();
+    let net = RlU2Net::new(&cfg, &ad);
+    let ct = Tensor::<5>::random([1, 1, p, p, p], Distribution::Normal(0.0, 1.0), &ad);
+    let mr = Tensor::<5>::random([1, 1, p, p, p], Distribution::Normal(0.0, 1.0), &ad);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let (m, all) = median_ms(a.runs, || {
+        let out = net.forward(ct.clone(), mr.clone(), &mut ActionMode::Sample(&mut rng));
+        let g = (out.logits_ct.sum() + out.logits_mr.sum()).backward();
+        let gw = net.decoder_ct.head.weight.val().grad(&g).expect("gradient");
+        let _ = gw.sum().into_scalar::<f32>();
+        sync(&ad);
+    });
+    println!("forward + backward (training, sampled rotations): median {m:.0} ms, runs {all:.0?}");
+    Ok(())
+}
+
+fn kernels(a: BenchArgs) -> anyhow::Result<()> {
     let dev = device(a.backend)?;
     let ad = dev.clone().autodiff();
     println!(

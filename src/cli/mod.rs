@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::data::inspect::inspect_case;
 use crate::data::synth::{Scale, SynthOptions, default_mr_pose, generate};
 use crate::data::{Modality, Split, discover};
+use crate::model::{ModelConfig, Preset};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,8 +33,13 @@ pub enum Command {
         /// The data folder (holding ct_train/, mr_train/, ct_test/, mr_test/).
         data: PathBuf,
     },
-    /// Time the kernels the network is made of (Conv3d, windowed attention).
+    /// Time the kernels the network is made of, or a whole forward/backward pass.
     Bench(bench::BenchArgs),
+    /// Parameter count and FLOPs of one forward pass of a preset (counted from the layer shapes).
+    ModelInfo {
+        #[arg(long, value_enum, default_value_t = Preset::Cpu)]
+        preset: Preset,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -83,6 +89,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Synth(a) => synth(a),
         Command::Inspect { data } => inspect(&data),
         Command::Bench(a) => bench::run(a),
+        Command::ModelInfo { preset } => {
+            model_info(preset);
+            Ok(())
+        }
     }
 }
 
@@ -207,4 +217,33 @@ fn inspect(data: &std::path::Path) -> anyhow::Result<()> {
     }
     println!("all {} cases read cleanly", ds.cases.len());
     Ok(())
+}
+
+fn model_info(preset: Preset) {
+    let cfg = ModelConfig::preset(preset);
+    let info = crate::model::info::model_info(&cfg);
+    println!(
+        "preset {preset:?}: patch {p}³, C = {c}, heads {h:?}, window {w}, k_sel {k}; one forward pass of a CT+MRI pair (batch 1)",
+        p = cfg.patch,
+        c = cfg.feature_size,
+        h = cfg.heads,
+        w = cfg.window,
+        k = cfg.k_sel
+    );
+    println!("{:<44} {:>14} {:>12}", "part", "parameters", "GFLOPs");
+    for part in &info.parts {
+        println!(
+            "{:<44} {:>14} {:>12.2}",
+            part.name,
+            part.params,
+            part.flops as f64 / 1e9
+        );
+    }
+    println!(
+        "{:<44} {:>14} {:>12.2}",
+        "total",
+        info.params(),
+        info.flops() as f64 / 1e9
+    );
+    println!("(FLOPs: 2 per multiply-add in convolutions, linear layers and attention matmuls)");
 }

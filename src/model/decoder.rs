@@ -1,0 +1,110 @@
+//! Res-Fusion of the two branches' skips, and the ResU-Net decoder of one branch.
+
+use burn::nn::conv::{Conv3d, Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig};
+use burn::prelude::*;
+use burn::tensor::activation::leaky_relu;
+
+use super::config::ModelConfig;
+use super::layers::{Norm3d, ResBlock, conv3};
+
+/// Res-Fusion: own skip + conv3³(LReLU(norm(conv1³([own, other])))) → norm, as a residual.
+#[derive(Module, Debug)]
+pub struct ResFusion {
+    pub conv1: Conv3d,
+    pub norm1: Norm3d,
+    pub conv2: Conv3d,
+    pub norm2: Norm3d,
+}
+
+impl ResFusion {
+    pub fn new(channels: usize, device: &Device) -> Self {
+        ResFusion {
+            conv1: conv3(2 * channels, channels, 1, device),
+            norm1: Norm3d::new(channels, false, device),
+            conv2: conv3(channels, channels, 3, device),
+            norm2: Norm3d::new(channels, false, device),
+        }
+    }
+
+    /// `other` is already turned into this branch's pose.
+    pub fn forward(&self, own: Tensor<5>, other: Tensor<5>) -> Tensor<5> {
+        let y = self.conv1.forward(Tensor::cat(vec![own.clone(), other], 1));
+        let y = leaky_relu(self.norm1.forward(y), 0.01);
+        own + self.norm2.forward(self.conv2.forward(y))
+    }
+}
+
+/// Transposed conv ×2 up, concat the skip, residual conv block.
+#[derive(Module, Debug)]
+pub struct UpBlock {
+    pub up: ConvTranspose3d,
+    pub block: ResBlock,
+}
+
+impl UpBlock {
+    pub fn new(cin: usize, cout: usize, device: &Device) -> Self {
+        UpBlock {
+            up: ConvTranspose3dConfig::new([cin, cout], [2, 2, 2])
+                .with_stride([2, 2, 2])
+                .with_bias(false)
+                .init(device),
+            block: ResBlock::new(2 * cout, cout, false, device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<5>, skip: Tensor<5>) -> Tensor<5> {
+        self.block
+            .forward(Tensor::cat(vec![self.up.forward(x), skip], 1))
+    }
+}
+
+/// One branch's decoder (SwinUNETR's layout with ResU-Net blocks).
+#[derive(Module, Debug)]
+pub struct Decoder {
+    /// Full-resolution skip from the raw input (in → C).
+    pub enc0: ResBlock,
+    /// Skips at 1/2, 1/4, 1/8, 1/16 (C·2^l → C·2^l).
+    pub skips: Vec<ResBlock>,
+    /// Bottleneck at 1/32 (16C → 16C).
+    pub bottleneck: ResBlock,
+    /// 16C→8C, 8C→4C, 4C→2C, 2C→C, C→C.
+    pub ups: Vec<UpBlock>,
+    pub head: Conv3d,
+}
+
+impl Decoder {
+    pub fn new(cfg: &ModelConfig, device: &Device) -> Self {
+        let c = cfg.feature_size;
+        Decoder {
+            enc0: ResBlock::new(cfg.in_channels, c, false, device),
+            skips: (0..4)
+                .map(|l| ResBlock::new(cfg.channels(l), cfg.channels(l), false, device))
+                .collect(),
+            // the 1/32 map is a single voxel at 32³ patches (`tiny`)
+            bottleneck: ResBlock::new(
+                cfg.channels(4),
+                cfg.channels(4),
+                cfg.patch / 32 == 1,
+                device,
+            ),
+            ups: vec![
+                UpBlock::new(cfg.channels(4), cfg.channels(3), device),
+                UpBlock::new(cfg.channels(3), cfg.channels(2), device),
+                UpBlock::new(cfg.channels(2), cfg.channels(1), device),
+                UpBlock::new(cfg.channels(1), c, device),
+                UpBlock::new(c, c, device),
+            ],
+            head: Conv3dConfig::new([c, cfg.num_classes], [1, 1, 1]).init(device),
+        }
+    }
+
+    /// `skips` (after Res-Fusion) at 1/2…1/16, `bottom` at 1/32, `enc0` at full resolution.
+    pub fn forward(&self, enc0: Tensor<5>, skips: Vec<Tensor<5>>, bottom: Tensor<5>) -> Tensor<5> {
+        let mut x = self.bottleneck.forward(bottom);
+        for (i, skip) in skips.into_iter().rev().enumerate() {
+            x = self.ups[i].forward(x, skip);
+        }
+        x = self.ups[4].forward(x, enc0);
+        self.head.forward(x)
+    }
+}

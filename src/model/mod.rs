@@ -1,0 +1,15 @@
+//! The RL-U²Net network (METHOD.md §2) as Burn modules.
+
+pub mod cma;
+pub mod config;
+pub mod decoder;
+pub mod info;
+pub mod layers;
+pub mod pose_align;
+pub mod rlu2net;
+pub mod swin;
+pub mod xalign;
+
+pub use config::{EncoderWeights, ModelConfig, PoseAlignTarget, Preset};
+pub use pose_align::ActionMode;
+pub use rlu2net::{RlU2Net, RlU2NetOutput};

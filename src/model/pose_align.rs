@@ -1,0 +1,168 @@
+//! PoseAlign: the 24 proper cube rotations, chosen by a policy π_θ = softmax(θ).
+//!
+//! θ ∈ R²⁴ is a parameter of the module, but no segmentation loss reaches it: it is
+//! read as numbers to draw actions, so the graph never holds it. The PPO agent (`rl`)
+//! owns its updates and writes it back with [`PoseAlign::set_theta`].
+
+use burn::module::Param;
+use burn::prelude::*;
+use rand::Rng;
+
+use super::layers::rotate_spatial;
+use crate::geometry::{SignedPerm, cube_rotations};
+
+/// How a forward pass picks its rotations.
+pub enum ActionMode<'a, R: Rng> {
+    /// Gumbel top-k without replacement from softmax(θ) (training).
+    Sample(&'a mut R),
+    /// The k most probable rotations (inference, deterministic).
+    TopK,
+    /// Given rotation indices per RL-XAlign module (tests, replays).
+    Fixed(&'a [Vec<usize>]),
+}
+
+#[derive(Module, Debug)]
+pub struct PoseAlign {
+    /// Policy logits over the 24 rotations.
+    pub theta: Param<Tensor<1>>,
+}
+
+/// log π_θ(a) = θ_a − logsumexp(θ).
+pub fn log_probs(theta: &[f32]) -> Vec<f32> {
+    let m = theta.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let lse = m + theta.iter().map(|t| (t - m).exp()).sum::<f32>().ln();
+    theta.iter().map(|t| t - lse).collect()
+}
+
+/// The k indices of the largest values (ties: lower index first).
+pub fn top_k(values: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+/// Gumbel top-k: k distinct indices drawn without replacement from softmax(θ).
+pub fn gumbel_top_k(theta: &[f32], k: usize, rng: &mut impl Rng) -> Vec<usize> {
+    let perturbed: Vec<f32> = theta
+        .iter()
+        .map(|t| {
+            let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+            t + (-(-u.ln()).ln()) as f32
+        })
+        .collect();
+    top_k(&perturbed, k)
+}
+
+impl PoseAlign {
+    /// θ = 0: the uniform policy.
+    pub fn new(device: &Device) -> Self {
+        PoseAlign {
+            theta: Param::from_tensor(Tensor::zeros([24], device)),
+        }
+    }
+
+    pub fn theta_values(&self) -> Vec<f32> {
+        self.theta
+            .val()
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("θ is f32")
+    }
+
+    /// Replace θ (the PPO agent's update), keeping the parameter's identity.
+    pub fn set_theta(self, theta: &[f32]) -> Self {
+        assert_eq!(theta.len(), 24, "θ has 24 entries");
+        let device = self.theta.val().device();
+        let t = Tensor::<1>::from_data(TensorData::new(theta.to_vec(), [24]), &device);
+        PoseAlign {
+            theta: self.theta.map(|_| t),
+        }
+    }
+
+    /// Choose `k` rotations; returns (indices, log π_θ of each).
+    pub fn choose<R: Rng>(
+        &self,
+        k: usize,
+        mode: &mut ActionMode<'_, R>,
+        module: usize,
+    ) -> (Vec<usize>, Vec<f32>) {
+        let theta = self.theta_values();
+        let actions = match mode {
+            ActionMode::Sample(rng) => gumbel_top_k(&theta, k, *rng),
+            ActionMode::TopK => top_k(&theta, k),
+            ActionMode::Fixed(a) => a[module].clone(),
+        };
+        let lp = log_probs(&theta);
+        let logp = actions.iter().map(|&a| lp[a]).collect();
+        (actions, logp)
+    }
+}
+
+/// Mean of a map rotated by each of the rotations.
+pub fn mean_rotated(x: Tensor<5>, rotations: &[SignedPerm]) -> Tensor<5> {
+    let n = rotations.len() as f64;
+    let mut acc: Option<Tensor<5>> = None;
+    for r in rotations {
+        let y = rotate_spatial(x.clone(), r);
+        acc = Some(match acc {
+            None => y,
+            Some(a) => a + y,
+        });
+    }
+    acc.expect("at least one rotation").div_scalar(n)
+}
+
+/// The rotations of action indices, and their inverses.
+pub fn rotations_of(actions: &[usize]) -> (Vec<SignedPerm>, Vec<SignedPerm>) {
+    let rots = cube_rotations();
+    let r: Vec<SignedPerm> = actions.iter().map(|&a| rots[a]).collect();
+    let inv = r.iter().map(|q| q.inverse()).collect();
+    (r, inv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn log_probs_normalise() {
+        let theta: Vec<f32> = (0..24).map(|i| (i as f32 * 0.37).sin()).collect();
+        let lp = log_probs(&theta);
+        let total: f32 = lp.iter().map(|l| l.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5);
+        assert!((lp[3] - lp[5] - (theta[3] - theta[5])).abs() < 1e-6);
+    }
+
+    #[test]
+    fn gumbel_top_k_draws_distinct_actions_with_softmax_frequencies() {
+        let mut theta = vec![0.0f32; 24];
+        theta[7] = 2.0f32.ln(); // twice as likely as any other
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let mut first = [0usize; 24];
+        let n = 40_000;
+        for _ in 0..n {
+            let a = gumbel_top_k(&theta, 4, &mut rng);
+            let mut s = a.clone();
+            s.sort();
+            s.dedup();
+            assert_eq!(s.len(), 4);
+            first[a[0]] += 1;
+        }
+        // the first Gumbel-max draw is an exact sample of softmax(θ): p(7) = 2/25
+        let p7 = first[7] as f64 / n as f64;
+        assert!((p7 - 2.0 / 25.0).abs() < 0.006, "{p7}");
+        let p0 = first[0] as f64 / n as f64;
+        assert!((p0 - 1.0 / 25.0).abs() < 0.006, "{p0}");
+    }
+
+    #[test]
+    fn top_k_is_deterministic_and_ordered() {
+        let mut theta = vec![0.0f32; 24];
+        theta[4] = 3.0;
+        theta[9] = 2.0;
+        theta[1] = 2.0;
+        assert_eq!(top_k(&theta, 3), vec![4, 1, 9]);
+    }
+}

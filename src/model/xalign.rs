@@ -1,0 +1,115 @@
+//! RL-XAlign: CMA + PoseAlign + fusion (eq. 7) on one encoder level, both directions.
+
+use burn::prelude::*;
+
+use super::cma::Cma;
+use super::config::{ModelConfig, PoseAlignTarget};
+use super::layers::rotate_spatial;
+use super::pose_align::{PoseAlign, mean_rotated};
+use crate::geometry::SignedPerm;
+
+#[derive(Module, Debug)]
+pub struct RlXAlign {
+    /// CT-primary direction (Q from CT, K/V from MRI); None in the `no_cma` ablation.
+    pub cma_ct: Option<Cma>,
+    /// MRI-primary direction; None in `no_cma` or without `cma_bidirectional`.
+    pub cma_mr: Option<Cma>,
+    pub pose: PoseAlign,
+    pub lambda: f64,
+    pub rotate_cross: bool,
+    pub bidirectional: bool,
+}
+
+/// What one module produced in one forward pass.
+#[derive(Debug, Clone)]
+pub struct AlignOutput {
+    /// F_aligned and F_primary of the CT branch.
+    pub aligned_ct: Tensor<5>,
+    pub primary_ct: Tensor<5>,
+    /// The same for the MRI branch (None without `cma_bidirectional`).
+    pub aligned_mr: Option<Tensor<5>>,
+    pub primary_mr: Option<Tensor<5>>,
+    /// Rotation indices drawn, and log π_θ of each.
+    pub actions: Vec<usize>,
+    pub log_probs: Vec<f32>,
+}
+
+impl RlXAlign {
+    pub fn new(cfg: &ModelConfig, level: usize, device: &Device) -> Self {
+        let dim = cfg.channels(level);
+        let heads = cfg.heads[level];
+        let cma = |on: bool| (on && !cfg.no_cma).then(|| Cma::new(dim, heads, cfg.window, device));
+        RlXAlign {
+            cma_ct: cma(true),
+            cma_mr: cma(cfg.cma_bidirectional),
+            pose: PoseAlign::new(device),
+            lambda: cfg.lambda,
+            rotate_cross: cfg.pose_align_target == PoseAlignTarget::Cross,
+            bidirectional: cfg.cma_bidirectional,
+        }
+    }
+
+    /// F_aligned for one direction: `rots` turn the auxiliary pose into the primary's.
+    fn aligned(
+        &self,
+        cma: Option<&Cma>,
+        primary: &Tensor<5>,
+        auxiliary: &Tensor<5>,
+        rots: &[SignedPerm],
+    ) -> Tensor<5> {
+        match cma {
+            // no_cma: PoseAlign acts on the auxiliary map itself
+            None => mean_rotated(auxiliary.clone(), rots),
+            Some(cma) if self.rotate_cross => {
+                mean_rotated(cma.forward(primary.clone(), auxiliary.clone()), rots)
+            }
+            Some(cma) => {
+                let n = rots.len() as f64;
+                let mut acc: Option<Tensor<5>> = None;
+                for r in rots {
+                    let y = cma.forward(primary.clone(), rotate_spatial(auxiliary.clone(), r));
+                    acc = Some(match acc {
+                        None => y,
+                        Some(a) => a + y,
+                    });
+                }
+                acc.expect("k_sel ≥ 1").div_scalar(n)
+            }
+        }
+    }
+
+    /// (F_out CT, F_out MRI, record). `rots` are the chosen rotations, `inv` their inverses.
+    pub fn forward(
+        &self,
+        ct: Tensor<5>,
+        mr: Tensor<5>,
+        rots: &[SignedPerm],
+        inv: &[SignedPerm],
+        actions: Vec<usize>,
+        log_probs: Vec<f32>,
+    ) -> (Tensor<5>, Tensor<5>, AlignOutput) {
+        let aligned_ct = self.aligned(self.cma_ct.as_ref(), &ct, &mr, rots);
+        let out_ct =
+            aligned_ct.clone().mul_scalar(self.lambda) + ct.clone().mul_scalar(1.0 - self.lambda); // eq. 7
+        let (out_mr, aligned_mr, primary_mr) = if self.bidirectional {
+            let aligned_mr = self.aligned(self.cma_mr.as_ref(), &mr, &ct, inv);
+            let out = aligned_mr.clone().mul_scalar(self.lambda)
+                + mr.clone().mul_scalar(1.0 - self.lambda);
+            (out, Some(aligned_mr), Some(mr))
+        } else {
+            (mr, None, None)
+        };
+        (
+            out_ct,
+            out_mr,
+            AlignOutput {
+                aligned_ct,
+                primary_ct: ct,
+                aligned_mr,
+                primary_mr,
+                actions,
+                log_probs,
+            },
+        )
+    }
+}
