@@ -13,4 +13,5 @@ pub mod device;
 pub mod geometry;
 pub mod io;
 pub mod model;
+pub mod rl;
 pub mod viz;
