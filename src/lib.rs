@@ -12,6 +12,8 @@ pub mod data;
 pub mod device;
 pub mod geometry;
 pub mod io;
+pub mod loss;
 pub mod model;
+pub mod preprocess;
 pub mod rl;
 pub mod viz;

@@ -3,6 +3,7 @@
 pub mod inspect;
 pub mod labels;
 pub mod layout;
+pub mod sampler;
 pub mod synth;
 
 pub use layout::{Case, Dataset, Modality, Split, discover};
