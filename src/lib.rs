@@ -16,4 +16,5 @@ pub mod loss;
 pub mod model;
 pub mod preprocess;
 pub mod rl;
+pub mod train;
 pub mod viz;

@@ -35,6 +35,8 @@ pub enum Command {
     },
     /// Time the kernels the network is made of, or a whole forward/backward pass.
     Bench(bench::BenchArgs),
+    /// Train RL-U²Net on an MM-WHS-layout folder (or continue a run with --resume RUN).
+    Train(TrainArgs),
     /// Parameter count and FLOPs of one forward pass of a preset (counted from the layer shapes).
     ModelInfo {
         #[arg(long, value_enum, default_value_t = Preset::Cpu)]
@@ -73,6 +75,134 @@ pub struct SynthArgs {
     pub preview: bool,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Data folder (MM-WHS layout). Optional with --resume (the run remembers it).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Run folder to write.
+    #[arg(long, required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
+    /// TOML configuration overriding the preset's values (optional).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint.
+    #[arg(long, conflicts_with_all = ["out", "config", "preset"])]
+    pub resume: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    #[arg(long)]
+    pub steps_per_epoch: Option<u64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop after this many minutes (a checkpoint is written).
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
+    #[arg(long, value_enum, default_value_t = crate::device::Backend::Auto)]
+    pub backend: crate::device::Backend,
+}
+
+fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
+    use crate::train::{TrainConfig, TrainOptions, train};
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct RunInfo {
+        data: PathBuf,
+    }
+    let (out, mut cfg, data) = match &a.resume {
+        Some(run) => {
+            let cpath = run.join("config.toml");
+            let text = std::fs::read_to_string(&cpath).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: cannot read ({e}); is this a run folder?",
+                    cpath.display()
+                )
+            })?;
+            let cfg = TrainConfig::from_toml(&text, None)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", cpath.display()))?;
+            let data = match &a.data {
+                Some(d) => d.clone(),
+                None => {
+                    let ipath = run.join("run.json");
+                    let info: RunInfo = serde_json::from_str(&std::fs::read_to_string(&ipath)?)?;
+                    info.data
+                }
+            };
+            (run.clone(), cfg, data)
+        }
+        None => {
+            let data = a.data.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--data DATA is needed (an MM-WHS-layout folder; make one with `rlu2net synth`)"
+                )
+            })?;
+            let cfg = match &a.config {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p)
+                        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", p.display()))?;
+                    TrainConfig::from_toml(&text, a.preset)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+                }
+                None => TrainConfig::preset(a.preset.unwrap_or(Preset::Cpu)),
+            };
+            (a.out.clone().expect("clap requires --out"), cfg, data)
+        }
+    };
+    if let Some(e) = a.epochs {
+        cfg.epochs = e;
+    }
+    if let Some(s) = a.steps_per_epoch {
+        cfg.steps_per_epoch = s;
+    }
+    if let Some(s) = a.seed {
+        cfg.seed = s;
+    }
+    if let Some(m) = a.max_minutes {
+        cfg.max_minutes = m;
+    }
+    std::fs::create_dir_all(&out)
+        .map_err(|e| anyhow::anyhow!("{}: cannot create the output folder: {e}", out.display()))?;
+    let data_abs = std::fs::canonicalize(&data).unwrap_or(data.clone());
+    crate::io::write_atomically(
+        &out.join("run.json"),
+        serde_json::to_string_pretty(&RunInfo { data: data_abs })?.as_bytes(),
+    )?;
+    let opts = TrainOptions {
+        data,
+        out: out.clone(),
+        resume: a.resume.is_some(),
+        device: crate::device::device(a.backend)?,
+        progress: true,
+        stop_after_steps: None,
+    };
+    eprintln!(
+        "training {:?} preset on {}: {} epochs × {} steps, backend {}",
+        cfg.preset,
+        opts.data.display(),
+        cfg.epochs,
+        cfg.steps_per_epoch,
+        crate::device::describe(a.backend)
+    );
+    let s = train(&cfg, &opts)?;
+    eprintln!(
+        "{} after {} steps; loss {:.4} → {:.4}; best validation Dice {}; run folder {}",
+        if s.stopped_early {
+            "stopped (time limit)"
+        } else {
+            "finished"
+        },
+        s.steps,
+        s.first_loss.unwrap_or(f64::NAN),
+        s.last_loss.unwrap_or(f64::NAN),
+        s.best_val_dice
+            .map(|d| format!("{d:.3}"))
+            .unwrap_or_else(|| "-".into()),
+        out.display()
+    );
+    Ok(())
+}
+
 fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
@@ -89,6 +219,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Synth(a) => synth(a),
         Command::Inspect { data } => inspect(&data),
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train_cmd(a),
         Command::ModelInfo { preset } => {
             model_info(preset);
             Ok(())

@@ -262,6 +262,7 @@ pub struct Prefetcher {
 
 impl Prefetcher {
     /// Batches for steps `first..last`, one ahead.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         ct: std::sync::Arc<Vec<PreparedCase>>,
         mr: std::sync::Arc<Vec<PreparedCase>>,

@@ -1,0 +1,186 @@
+//! The run configuration: one tree, TOML on disk, every default of METHOD.md.
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::sampler::{Pairing, SamplerConfig};
+use crate::loss::LossConfig;
+use crate::model::{ModelConfig, Preset};
+use crate::preprocess::PreprocessConfig;
+use crate::rl::PpoConfig;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// Peak learning rate of AdamW.
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Linear warm-up over this fraction of all steps, then cosine decay to 0.
+    pub warmup_fraction: f64,
+    /// Clip the global gradient norm to this.
+    pub grad_clip_norm: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            lr: 1e-4,
+            weight_decay: 1e-5,
+            warmup_fraction: 0.05,
+            grad_clip_norm: 1.0,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// Learning rate at `step` of `total` (warm-up, then cosine).
+    pub fn lr_at(&self, step: u64, total: u64) -> f64 {
+        let warm = ((self.warmup_fraction * total as f64).round() as u64).max(1);
+        if step < warm {
+            return self.lr * (step + 1) as f64 / warm as f64;
+        }
+        let t = (step - warm) as f64 / (total.saturating_sub(warm)).max(1) as f64;
+        0.5 * self.lr * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// The preset the defaults came from (informational once resolved).
+    pub preset: Preset,
+    pub seed: u64,
+    pub epochs: u64,
+    pub steps_per_epoch: u64,
+    /// Validate every this many epochs.
+    pub val_every: u64,
+    /// Fraction of the training cases of each modality held out for validation.
+    pub val_fraction: f64,
+    /// Stop (with a checkpoint) after this many minutes; 0 = no limit.
+    pub max_minutes: f64,
+    /// How CT and MRI cases are paired; None = from the data set (index for a paired
+    /// SynthWHS set, random otherwise).
+    pub pairing: Option<Pairing>,
+    pub model: ModelConfig,
+    pub preprocess: PreprocessConfig,
+    pub sampler: SamplerConfig,
+    pub loss: LossConfig,
+    pub optim: OptimConfig,
+    pub ppo: PpoConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig::preset(Preset::Cpu)
+    }
+}
+
+impl TrainConfig {
+    pub fn preset(p: Preset) -> TrainConfig {
+        let (spacing, lr, epochs, steps, batch) = match p {
+            Preset::Paper => (1.5, 1e-4, 1000, 250, 2),
+            Preset::Cpu => (3.0, 1e-3, 100, 50, 1),
+            Preset::Tiny => (4.0, 2e-3, 20, 25, 1),
+        };
+        let model = ModelConfig::preset(p);
+        TrainConfig {
+            preset: p,
+            seed: 0,
+            epochs,
+            steps_per_epoch: steps,
+            val_every: 1,
+            val_fraction: 0.2,
+            max_minutes: 0.0,
+            pairing: None,
+            loss: LossConfig {
+                align_window: model.window,
+                ..LossConfig::default()
+            },
+            model,
+            preprocess: PreprocessConfig {
+                spacing,
+                ..PreprocessConfig::default()
+            },
+            sampler: SamplerConfig {
+                batch_size: batch,
+                ..SamplerConfig::default()
+            },
+            optim: OptimConfig {
+                lr,
+                ..OptimConfig::default()
+            },
+            ppo: PpoConfig::default(),
+        }
+    }
+
+    /// A preset overlaid with a TOML document; any unknown key is an error.
+    pub fn from_toml(text: &str, preset: Option<Preset>) -> anyhow::Result<TrainConfig> {
+        let user: toml::Table = toml::from_str(text)?;
+        let base_preset = match (preset, user.get("preset")) {
+            (Some(p), _) => p,
+            (None, Some(v)) => toml::Value::try_into::<Preset>(v.clone())
+                .map_err(|e| anyhow::anyhow!("preset: {e}"))?,
+            (None, None) => Preset::Cpu,
+        };
+        let mut base = toml::Table::try_from(TrainConfig::preset(base_preset))?;
+        merge(&mut base, user);
+        base.insert("preset".into(), toml::Value::try_from(base_preset)?);
+        let cfg: TrainConfig = toml::Value::Table(base).try_into()?;
+        cfg.model.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the configuration serialises")
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        self.epochs * self.steps_per_epoch
+    }
+}
+
+fn merge(base: &mut toml::Table, user: toml::Table) {
+    for (k, v) in user {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(u)) => merge(b, u),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_preset_round_trips_through_toml_and_unknown_keys_are_rejected() {
+        let c = TrainConfig::preset(Preset::Tiny);
+        assert_eq!(TrainConfig::from_toml(&c.to_toml(), None).unwrap(), c);
+        let over =
+            TrainConfig::from_toml("preset = \"tiny\"\nepochs = 3\n[model]\nk_sel = 2\n", None)
+                .unwrap();
+        assert_eq!(over.epochs, 3);
+        assert_eq!(over.model.k_sel, 2);
+        assert_eq!(over.model.patch, 32);
+        let e = TrainConfig::from_toml("[model]\nk_sell = 2\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("k_sell"), "{e}");
+        assert!(TrainConfig::from_toml("epochz = 1", None).is_err());
+    }
+
+    #[test]
+    fn learning_rate_warms_up_then_decays_to_zero() {
+        let o = OptimConfig {
+            lr: 1.0,
+            warmup_fraction: 0.1,
+            ..OptimConfig::default()
+        };
+        assert!((o.lr_at(0, 100) - 0.1).abs() < 1e-12);
+        assert!((o.lr_at(9, 100) - 1.0).abs() < 1e-12);
+        assert!((o.lr_at(10, 100) - 1.0).abs() < 1e-12);
+        assert!((o.lr_at(55, 100) - 0.5).abs() < 1e-12);
+        assert!(o.lr_at(99, 100) < 0.001);
+    }
+}
