@@ -228,7 +228,7 @@ mod tests {
             let mut out = Vec::new();
             for b in 0..2 {
                 for wz in 0..2 {
-                    let mut e = vec![0.0f64; 3];
+                    let mut e = [0.0f64; 3];
                     for c in 0..3 {
                         for x in 0..4 {
                             for y in 0..4 {

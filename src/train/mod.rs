@@ -776,7 +776,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSumm
             let mut line =
                 serde_json::json!({"kind": "epoch", "epoch": epoch_done, "step": state.step - 1});
             if epoch_end
-                && (epoch_done % cfg.val_every.max(1) == 0 || state.step == total || out_of_time)
+                && (epoch_done.is_multiple_of(cfg.val_every.max(1))
+                    || state.step == total
+                    || out_of_time)
             {
                 let (d_ct, d_mr) = validate(&model, &ct_val, &mr_val, p, &device);
                 let (m_ct, m_mr) = (nanmean(&d_ct), nanmean(&d_mr));
