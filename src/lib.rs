@@ -13,6 +13,7 @@ pub mod device;
 pub mod geometry;
 pub mod io;
 pub mod loss;
+pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod rl;
