@@ -11,6 +11,7 @@ pub mod cli;
 pub mod data;
 pub mod device;
 pub mod geometry;
+pub mod infer;
 pub mod io;
 pub mod loss;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! The `rlu2net` command line: a thin shell over the library.
 
 pub mod bench;
+pub mod pipeline;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,6 +38,14 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Train RL-U²Net on an MM-WHS-layout folder (or continue a run with --resume RUN).
     Train(TrainArgs),
+    /// Segment CT/MRI volumes with a trained run (single files or an MM-WHS-layout folder).
+    Infer(pipeline::InferArgs),
+    /// Dice and HD95 of predictions against ground truth: the paper's Table 1, report.md/json, overlays.
+    Evaluate(pipeline::EvaluateArgs),
+    /// The whole system on built-in data: synth → train (time-bounded) → infer → evaluate.
+    Demo(pipeline::DemoArgs),
+    /// The paper's Table 2: the full model and each ablation, same budget and seed.
+    Ablate(pipeline::AblateArgs),
     /// Parameter count and FLOPs of one forward pass of a preset (counted from the layer shapes).
     ModelInfo {
         #[arg(long, value_enum, default_value_t = Preset::Cpu)]
@@ -220,6 +229,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect { data } => inspect(&data),
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train_cmd(a),
+        Command::Infer(a) => pipeline::infer(a),
+        Command::Evaluate(a) => pipeline::evaluate_cmd(a),
+        Command::Demo(a) => pipeline::demo(a),
+        Command::Ablate(a) => pipeline::ablate(a),
         Command::ModelInfo { preset } => {
             model_info(preset);
             Ok(())

@@ -392,24 +392,51 @@ fn write_typed<T, U: Voxel>(
     vol: &Volume<T>,
     data: &Array3<U>,
 ) -> Result<(), VolumeError> {
+    write_any(path, data, vol.spacing, &vol.affine)
+}
+
+/// Write a 4D float32 volume `[K, X, Y, Z]` as NIfTI `[X, Y, Z, K]` (e.g. class probabilities).
+pub fn write_nifti_4d(
+    path: &Path,
+    data: &ndarray::Array4<f32>,
+    spacing: [f64; 3],
+    affine: &Matrix4<f64>,
+) -> Result<(), VolumeError> {
+    let xyzk = data
+        .view()
+        .permuted_axes([1, 2, 3, 0])
+        .as_standard_layout()
+        .into_owned();
+    write_any(path, &xyzk, spacing, affine)
+}
+
+fn write_any<U: Voxel, D: ndarray::Dimension + ndarray::RemoveAxis>(
+    path: &Path,
+    data: &ndarray::Array<U, D>,
+    spacing: [f64; 3],
+    affine: &Matrix4<f64>,
+) -> Result<(), VolumeError> {
     let err = |p: String| VolumeError::new(path, p);
-    if vol.spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+    if spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
         return Err(err(format!(
-            "cannot write a volume with spacing {:?}",
-            vol.spacing
+            "cannot write a volume with spacing {spacing:?}"
         )));
     }
-    if vol.shape().iter().any(|&n| n == 0 || n > i16::MAX as usize) {
+    if data
+        .shape()
+        .iter()
+        .any(|&n| n == 0 || n > i16::MAX as usize)
+    {
         return Err(err(format!(
             "cannot write a volume of shape {:?}",
-            vol.shape()
+            data.shape()
         )));
     }
     let mut header = NiftiHeader::default();
-    header.set_sform(&vol.affine, XForm::ScannerAnat);
-    header.set_qform(&vol.affine, XForm::ScannerAnat);
+    header.set_sform(affine, XForm::ScannerAnat);
+    header.set_qform(affine, XForm::ScannerAnat);
     for a in 0..3 {
-        header.pixdim[a + 1] = vol.spacing[a] as f32;
+        header.pixdim[a + 1] = spacing[a] as f32;
     }
     header.xyzt_units = 2 | 8; // mm, s
     let _ = header.set_description_str("rlu2net");

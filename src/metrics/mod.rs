@@ -1,5 +1,6 @@
 //! Dice and HD95 with MONAI's definitions, and the paper's Table 1 report.
 
+pub mod evaluate;
 pub mod report;
 
 use ndarray::Array3;
@@ -57,7 +58,8 @@ fn lower_envelope(f: &[f64], s2: f64, out: &mut [f64], v: &mut [usize], z: &mut 
         }
         loop {
             let p = v[k];
-            let s = ((f[q] + s2 * (q * q) as f64) - (f[p] + s2 * (p * p) as f64)) / (2.0 * s2 * (q as f64 - p as f64));
+            let s = ((f[q] + s2 * (q * q) as f64) - (f[p] + s2 * (p * p) as f64))
+                / (2.0 * s2 * (q as f64 - p as f64));
             if s <= z[k] && k > 0 {
                 k -= 1;
                 continue;
@@ -98,7 +100,13 @@ pub fn surface(mask: &Array3<bool>) -> Array3<bool> {
         }
         let n = |a: isize, b: isize, c: isize| -> bool {
             let (ii, jj, kk) = (i as isize + a, j as isize + b, k as isize + c);
-            ii >= 0 && jj >= 0 && kk >= 0 && (ii as usize) < x && (jj as usize) < y && (kk as usize) < z && mask[[ii as usize, jj as usize, kk as usize]]
+            ii >= 0
+                && jj >= 0
+                && kk >= 0
+                && (ii as usize) < x
+                && (jj as usize) < y
+                && (kk as usize) < z
+                && mask[[ii as usize, jj as usize, kk as usize]]
         };
         !(n(1, 0, 0) && n(-1, 0, 0) && n(0, 1, 0) && n(0, -1, 0) && n(0, 0, 1) && n(0, 0, -1))
     })
@@ -141,7 +149,11 @@ pub fn score(pred: &Array3<bool>, truth: &Array3<bool>, spacing: [f64; 3]) -> St
             reason: Some("absent in the truth: HD95 undefined".into()),
         },
         _ => {
-            let inter = pred.iter().zip(truth.iter()).filter(|(a, b)| **a && **b).count();
+            let inter = pred
+                .iter()
+                .zip(truth.iter())
+                .filter(|(a, b)| **a && **b)
+                .count();
             StructureScore {
                 dice: Some(2.0 * inter as f64 / (np + nt) as f64),
                 hd95: Some(hd95(pred, truth, spacing)),
@@ -159,7 +171,12 @@ pub fn hd95(pred: &Array3<bool>, truth: &Array3<bool>, spacing: [f64; 3]) -> f64
     let st = surface(truth);
     let directed = |from: &Array3<bool>, to: &Array3<bool>| -> f64 {
         let dt = edt(to, spacing);
-        let mut d: Vec<f64> = from.iter().zip(dt.iter()).filter(|(f, _)| **f).map(|(_, d)| *d).collect();
+        let mut d: Vec<f64> = from
+            .iter()
+            .zip(dt.iter())
+            .filter(|(f, _)| **f)
+            .map(|(_, d)| *d)
+            .collect();
         percentile(&mut d, 95.0)
     };
     directed(&sp, &st).max(directed(&st, &sp))
@@ -177,7 +194,11 @@ mod tests {
         let f = Array3::from_shape_fn(shape, |_| rng.random_bool(0.05));
         let spacing = [0.7, 1.3, 2.1];
         let d = edt(&f, spacing);
-        let pts: Vec<(usize, usize, usize)> = f.indexed_iter().filter(|(_, v)| **v).map(|(i, _)| i).collect();
+        let pts: Vec<(usize, usize, usize)> = f
+            .indexed_iter()
+            .filter(|(_, v)| **v)
+            .map(|(i, _)| i)
+            .collect();
         for ((i, j, k), got) in d.indexed_iter() {
             let want = pts
                 .iter()
@@ -193,7 +214,11 @@ mod tests {
     }
 
     fn cube(shape: (usize, usize, usize), lo: [usize; 3], n: usize) -> Array3<bool> {
-        Array3::from_shape_fn(shape, |(i, j, k)| (lo[0]..lo[0] + n).contains(&i) && (lo[1]..lo[1] + n).contains(&j) && (lo[2]..lo[2] + n).contains(&k))
+        Array3::from_shape_fn(shape, |(i, j, k)| {
+            (lo[0]..lo[0] + n).contains(&i)
+                && (lo[1]..lo[1] + n).contains(&j)
+                && (lo[2]..lo[2] + n).contains(&k)
+        })
     }
 
     #[test]
@@ -214,18 +239,37 @@ mod tests {
         // brute-force the same definition for the exact value
         let sa = surface(&a);
         let sb = surface(&b);
-        let pa: Vec<[f64; 3]> = sa.indexed_iter().filter(|(_, v)| **v).map(|((i, j, k), _)| [i as f64, j as f64, k as f64 * 2.5]).collect();
-        let pb: Vec<[f64; 3]> = sb.indexed_iter().filter(|(_, v)| **v).map(|((i, j, k), _)| [i as f64, j as f64, k as f64 * 2.5]).collect();
+        let pa: Vec<[f64; 3]> = sa
+            .indexed_iter()
+            .filter(|(_, v)| **v)
+            .map(|((i, j, k), _)| [i as f64, j as f64, k as f64 * 2.5])
+            .collect();
+        let pb: Vec<[f64; 3]> = sb
+            .indexed_iter()
+            .filter(|(_, v)| **v)
+            .map(|((i, j, k), _)| [i as f64, j as f64, k as f64 * 2.5])
+            .collect();
         assert_eq!(pa.len(), 152);
         let dir = |x: &[[f64; 3]], y: &[[f64; 3]]| {
             let mut d: Vec<f64> = x
                 .iter()
-                .map(|p| y.iter().map(|q| ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2) + (p[2] - q[2]).powi(2)).sqrt()).fold(f64::INFINITY, f64::min))
+                .map(|p| {
+                    y.iter()
+                        .map(|q| {
+                            ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2) + (p[2] - q[2]).powi(2))
+                                .sqrt()
+                        })
+                        .fold(f64::INFINITY, f64::min)
+                })
                 .collect();
             percentile(&mut d, 95.0)
         };
         let want = dir(&pa, &pb).max(dir(&pb, &pa));
-        assert!((s.hd95.unwrap() - want).abs() < 1e-9, "{:?} vs {want}", s.hd95);
+        assert!(
+            (s.hd95.unwrap() - want).abs() < 1e-9,
+            "{:?} vs {want}",
+            s.hd95
+        );
         assert!((want - 5.0).abs() < 1e-9, "{want}");
     }
 

@@ -50,7 +50,11 @@ pub fn score_case(case: &str, modality: &str, pred: &Volume<u8>, truth: &Volume<
     };
     for (s, name) in STRUCTURES.iter().enumerate() {
         let c = (s + 1) as u8;
-        let StructureScore { dice, hd95, reason } = score(&pred.data.mapv(|v| v == c), &truth.data.mapv(|v| v == c), truth.spacing);
+        let StructureScore { dice, hd95, reason } = score(
+            &pred.data.mapv(|v| v == c),
+            &truth.data.mapv(|v| v == c),
+            truth.spacing,
+        );
         r.dice.insert(name.to_string(), dice);
         r.hd95.insert(name.to_string(), hd95);
         if let Some(reason) = reason {
@@ -90,27 +94,39 @@ pub fn summarise(cases: Vec<CaseReport>) -> Report {
 }
 
 fn cell(v: Option<f64>, scale: f64, digits: usize) -> String {
-    v.map(|x| format!("{:.*}", digits, x * scale)).unwrap_or_else(|| "–".into())
+    v.map(|x| format!("{:.*}", digits, x * scale))
+        .unwrap_or_else(|| "–".into())
 }
 
 impl Report {
     /// The paper's Table 1 layout: Dice (%) per structure, average, and mean HD95 (mm).
     pub fn table(&self) -> String {
         let mut s = String::new();
-        s.push_str("| Modality | cases | Myo | LA | LV | RA | RV | AA | PA | Average | HD95 (mm) |\n");
+        s.push_str(
+            "| Modality | cases | Myo | LA | LV | RA | RV | AA | PA | Average | HD95 (mm) |\n",
+        );
         s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
         for m in &self.means {
             s.push_str(&format!("| {} | {} |", m.modality, m.cases));
             for st in STRUCTURES {
-                s.push_str(&format!(" {} |", cell(m.dice.get(st).copied().flatten(), 100.0, 1)));
+                s.push_str(&format!(
+                    " {} |",
+                    cell(m.dice.get(st).copied().flatten(), 100.0, 1)
+                ));
             }
-            s.push_str(&format!(" {} | {} |\n", cell(m.mean_dice, 100.0, 1), cell(m.mean_hd95, 1.0, 2)));
+            s.push_str(&format!(
+                " {} | {} |\n",
+                cell(m.mean_dice, 100.0, 1),
+                cell(m.mean_hd95, 1.0, 2)
+            ));
         }
         s
     }
 
     pub fn markdown(&self) -> String {
-        let mut s = String::from("# Evaluation\n\nDice in %, HD95 in mm (MONAI definitions; means over the cases where a value is defined).\n\n");
+        let mut s = String::from(
+            "# Evaluation\n\nDice in %, HD95 in mm (MONAI definitions; means over the cases where a value is defined).\n\n",
+        );
         s.push_str(&self.table());
         s.push_str("\n## Per case\n\n| case | modality | ");
         s.push_str(&STRUCTURES.join(" | "));
@@ -120,15 +136,25 @@ impl Report {
         for c in &self.cases {
             s.push_str(&format!("| {} | {} |", c.case, c.modality));
             for st in STRUCTURES {
-                s.push_str(&format!(" {} |", cell(c.dice.get(st).copied().flatten(), 100.0, 1)));
+                s.push_str(&format!(
+                    " {} |",
+                    cell(c.dice.get(st).copied().flatten(), 100.0, 1)
+                ));
             }
-            let h: Vec<String> = STRUCTURES.iter().map(|st| cell(c.hd95.get(*st).copied().flatten(), 1.0, 1)).collect();
+            let h: Vec<String> = STRUCTURES
+                .iter()
+                .map(|st| cell(c.hd95.get(*st).copied().flatten(), 1.0, 1))
+                .collect();
             s.push_str(&format!(" {} |\n", h.join(" / ")));
         }
         let notes: Vec<String> = self
             .cases
             .iter()
-            .flat_map(|c| c.reasons.iter().map(move |(st, r)| format!("- {} {}: {}", c.case, st, r)))
+            .flat_map(|c| {
+                c.reasons
+                    .iter()
+                    .map(move |(st, r)| format!("- {} {}: {}", c.case, st, r))
+            })
             .collect();
         if !notes.is_empty() {
             s.push_str("\n## Missing values\n\n");

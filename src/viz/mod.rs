@@ -47,14 +47,18 @@ struct Plane {
     h: usize,
     grey: Vec<u8>,
     cls: Vec<u8>,
+    /// A second label map (the reference), drawn as white contours.
+    reference: Option<Vec<u8>>,
 }
 
 /// Sample a plane of a RAS volume at 1 mm per pixel (nearest neighbour).
 /// `axes = (col_axis, row_axis, fixed_axis)`; columns and rows run towards
 /// decreasing world coordinate (radiological view, superior/anterior up).
+#[allow(clippy::too_many_arguments)]
 fn plane(
     img: &Array3<f32>,
     cls: &Array3<u8>,
+    reference: Option<&Array3<u8>>,
     spacing: [f64; 3],
     axes: (usize, usize, usize),
     fixed: usize,
@@ -67,6 +71,7 @@ fn plane(
     let h = ((shape[ra] as f64 * spacing[ra]) / mm).round().max(1.0) as usize;
     let mut grey = vec![0u8; w * h];
     let mut cl = vec![0u8; w * h];
+    let mut rf = reference.map(|_| vec![0u8; w * h]);
     for y in 0..h {
         for x in 0..w {
             let ci = shape[ca]
@@ -87,6 +92,9 @@ fn plane(
             let t = ((v - window.0) / (window.1 - window.0)).clamp(0.0, 1.0);
             grey[y * w + x] = (t * 255.0) as u8;
             cl[y * w + x] = cls[idx];
+            if let (Some(r), Some(out)) = (reference, rf.as_mut()) {
+                out[y * w + x] = r[idx];
+            }
         }
     }
     Plane {
@@ -94,6 +102,7 @@ fn plane(
         h,
         grey,
         cls: cl,
+        reference: rf,
     }
 }
 
@@ -105,11 +114,25 @@ pub fn preview_png(
     classes: &Volume<u8>,
     modality: Modality,
 ) -> anyhow::Result<()> {
+    overlay_png(path, image, classes, None, modality)
+}
+
+/// Three planes through the reference's (else the classes') heart centre: `classes`
+/// as coloured contours, `reference` (e.g. the ground truth) as white contours.
+pub fn overlay_png(
+    path: &Path,
+    image: &Volume<f32>,
+    classes: &Volume<u8>,
+    reference: Option<&Volume<u8>>,
+    modality: Modality,
+) -> anyhow::Result<()> {
     let (img, _) = to_ras(image);
     let (cls, _) = to_ras(classes);
+    let reference = reference.map(|r| to_ras(r).0);
+    let centre_map = reference.as_ref().unwrap_or(&cls);
     let mut sum = [0.0f64; 3];
     let mut n = 0usize;
-    for ((i, j, k), &c) in cls.data.indexed_iter() {
+    for ((i, j, k), &c) in centre_map.data.indexed_iter() {
         if c > 0 {
             sum[0] += i as f64;
             sum[1] += j as f64;
@@ -135,6 +158,7 @@ pub fn preview_png(
         plane(
             &img.data,
             &cls.data,
+            reference.as_ref().map(|v| &v.data),
             img.spacing,
             (0, 1, 2),
             centre[2],
@@ -143,6 +167,7 @@ pub fn preview_png(
         plane(
             &img.data,
             &cls.data,
+            reference.as_ref().map(|v| &v.data),
             img.spacing,
             (0, 2, 1),
             centre[1],
@@ -151,6 +176,7 @@ pub fn preview_png(
         plane(
             &img.data,
             &cls.data,
+            reference.as_ref().map(|v| &v.data),
             img.spacing,
             (1, 2, 0),
             centre[0],
@@ -177,8 +203,24 @@ pub fn preview_png(
                                 || yy >= p.h as i32
                                 || p.cls[yy as usize * p.w + xx as usize] != c
                         });
+                let ref_edge = p.reference.as_ref().is_some_and(|rf| {
+                    let rc = rf[y * p.w + x];
+                    rc > 0
+                        && [(0i32, 1i32), (0, -1), (1, 0), (-1, 0)]
+                            .iter()
+                            .any(|&(dx, dy)| {
+                                let (xx, yy) = (x as i32 + dx, y as i32 + dy);
+                                xx < 0
+                                    || yy < 0
+                                    || xx >= p.w as i32
+                                    || yy >= p.h as i32
+                                    || rf[yy as usize * p.w + xx as usize] != rc
+                            })
+                });
                 let px = if edge {
                     CLASS_COLOURS[c as usize]
+                } else if ref_edge {
+                    [255, 255, 255]
                 } else {
                     let g = p.grey[y * p.w + x];
                     [g, g, g]

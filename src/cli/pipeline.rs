@@ -1,0 +1,318 @@
+//! `infer`, `evaluate`, `demo` and `ablate`.
+
+use std::path::{Path, PathBuf};
+
+use crate::data::layout::{Modality, Split};
+use crate::device::{Backend, device};
+use crate::infer::{Predictor, predict_dir, write_prediction};
+use crate::metrics::evaluate::evaluate;
+use crate::metrics::report::Report;
+use crate::model::Preset;
+use crate::train::{TrainConfig, TrainOptions, train};
+
+#[derive(clap::Args, Debug)]
+pub struct InferArgs {
+    /// Run folder from `rlu2net train`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A CT volume to segment.
+    #[arg(long, conflicts_with = "input_dir")]
+    pub ct: Option<PathBuf>,
+    /// An MRI volume to segment (paired with --ct when both are given).
+    #[arg(long, conflicts_with = "input_dir")]
+    pub mr: Option<PathBuf>,
+    /// Output label file (for --ct, else for --mr).
+    #[arg(long, requires = "model")]
+    pub out: Option<PathBuf>,
+    /// Output label file for --mr when --ct is given too (default: OUT with `_mr` added).
+    #[arg(long)]
+    pub mr_out: Option<PathBuf>,
+    /// An MM-WHS-layout folder: predict every case of --split.
+    #[arg(long)]
+    pub input_dir: Option<PathBuf>,
+    #[arg(long, requires = "input_dir")]
+    pub output_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+    pub split: SplitArg,
+    /// Also write the 8-class softmax (4D, on the working grid).
+    #[arg(long)]
+    pub probabilities: bool,
+    /// Mirror test-time augmentation (8 flips).
+    #[arg(long)]
+    pub tta: bool,
+    #[arg(long, default_value_t = 0.5)]
+    pub overlap: f64,
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum SplitArg {
+    Train,
+    Test,
+}
+
+impl From<SplitArg> for Split {
+    fn from(s: SplitArg) -> Split {
+        match s {
+            SplitArg::Train => Split::Train,
+            SplitArg::Test => Split::Test,
+        }
+    }
+}
+
+fn bar(n: u64) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(n);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:25}] {pos}/{len} windows {elapsed_precise}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+pub fn infer(a: InferArgs) -> anyhow::Result<()> {
+    let p = Predictor::load(&a.model, device(a.backend)?, a.overlap, a.tta)?;
+    if let Some(dir) = &a.input_dir {
+        let out = a
+            .output_dir
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--input-dir needs --output-dir"))?;
+        let written = predict_dir(&p, dir, a.split.into(), &out, a.probabilities, true)?;
+        eprintln!("wrote {} files to {}", written.len(), out.display());
+        return Ok(());
+    }
+    anyhow::ensure!(
+        a.ct.is_some() || a.mr.is_some(),
+        "give --ct and/or --mr (or --input-dir DATA --output-dir DIR)"
+    );
+    let out = a
+        .out
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--out OUT.nii.gz is needed"))?;
+    let ct =
+        a.ct.as_ref()
+            .map(|c| p.prepare(c, Modality::Ct))
+            .transpose()?;
+    let mr =
+        a.mr.as_ref()
+            .map(|m| p.prepare(m, Modality::Mr))
+            .transpose()?;
+    let total = ct.as_ref().map(|x| p.window_count(x)).unwrap_or(0)
+        + mr.as_ref().map(|x| p.window_count(x)).unwrap_or(0);
+    let pb = bar(total);
+    let mut written = Vec::new();
+    if let Some(c) = &ct {
+        pb.set_message("CT");
+        written.extend(write_prediction(
+            &out,
+            &p.predict(c, mr.as_ref(), true, &pb),
+            a.probabilities,
+        )?);
+    }
+    if let Some(m) = &mr {
+        pb.set_message("MRI");
+        let path = match (&ct, &a.mr_out) {
+            (None, _) => out.clone(),
+            (Some(_), Some(o)) => o.clone(),
+            (Some(_), None) => {
+                let name = out
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                let stem = name.trim_end_matches(".gz").trim_end_matches(".nii");
+                out.with_file_name(format!("{stem}_mr.nii.gz"))
+            }
+        };
+        written.extend(write_prediction(
+            &path,
+            &p.predict(m, ct.as_ref(), false, &pb),
+            a.probabilities,
+        )?);
+    }
+    pb.finish_and_clear();
+    for w in written {
+        eprintln!("wrote {}", w.display());
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvaluateArgs {
+    /// Folder of predicted `<case>_label.nii.gz` files.
+    #[arg(long)]
+    pub pred: PathBuf,
+    /// Ground truth: an MM-WHS-layout folder or a folder of `<case>_label.nii.gz` files.
+    #[arg(long)]
+    pub truth: PathBuf,
+    /// Where to write report.md, report.json and overlays/.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn evaluate_cmd(a: EvaluateArgs) -> anyhow::Result<()> {
+    let r = evaluate(&a.pred, &a.truth, a.out.as_deref())?;
+    println!("{}", r.table());
+    if let Some(o) = &a.out {
+        eprintln!(
+            "report: {} and {}; overlays in {}",
+            o.join("report.md").display(),
+            o.join("report.json").display(),
+            o.join("overlays").display()
+        );
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Everything goes under this folder.
+    #[arg(long, default_value = "demo-out")]
+    pub out: PathBuf,
+    /// Training time budget in minutes.
+    #[arg(long, default_value_t = 10.0)]
+    pub minutes: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+}
+
+/// Steps a budget allows at the `tiny` preset (about 0.7 s a step on 2 cores).
+fn steps_for(minutes: f64, preset: Preset) -> u64 {
+    let per_step = match preset {
+        Preset::Tiny => 0.7,
+        Preset::Cpu => 7.5,
+        Preset::Paper => 60.0,
+    };
+    ((minutes * 60.0 / per_step) as u64).max(25)
+}
+
+/// Train a configuration within a time budget, predict the test split and evaluate it.
+fn train_infer_evaluate(
+    cfg: &TrainConfig,
+    data: &Path,
+    dir: &Path,
+    backend: Backend,
+) -> anyhow::Result<Report> {
+    let run = dir.join("run");
+    let s = train(
+        cfg,
+        &TrainOptions {
+            data: data.to_path_buf(),
+            out: run.clone(),
+            resume: false,
+            device: device(backend)?,
+            progress: true,
+            stop_after_steps: None,
+        },
+    )?;
+    eprintln!(
+        "trained {} steps (loss {:.3} → {:.3})",
+        s.steps,
+        s.first_loss.unwrap_or(f64::NAN),
+        s.last_loss.unwrap_or(f64::NAN)
+    );
+    let p = Predictor::load(&run, device(backend)?, 0.5, false)?;
+    let preds = dir.join("predictions");
+    predict_dir(&p, data, Split::Test, &preds, false, true)?;
+    evaluate(&preds, data, Some(&dir.join("evaluation")))
+}
+
+pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    let data = a.out.join("data");
+    eprintln!("1/4 synth: a small paired CT/MRI set in {}", data.display());
+    let opts = crate::data::synth::SynthOptions {
+        cases: 6,
+        test_cases: 2,
+        seed: a.seed,
+        scale: crate::data::synth::Scale::Small,
+        preview: true,
+        ..Default::default()
+    };
+    crate::data::synth::generate(&opts, &data, &|| {})?;
+    let mut cfg = TrainConfig::preset(Preset::Tiny);
+    cfg.seed = a.seed;
+    cfg.steps_per_epoch = 25;
+    cfg.epochs = steps_for(a.minutes, Preset::Tiny).div_ceil(25);
+    cfg.max_minutes = a.minutes;
+    eprintln!(
+        "2/4 train: tiny preset, up to {} steps or {} minutes",
+        cfg.total_steps(),
+        a.minutes
+    );
+    eprintln!("3/4 infer, 4/4 evaluate: the test cases");
+    let report = train_infer_evaluate(&cfg, &data, &a.out, a.backend)?;
+    println!("\nRL-U²Net demo — SynthWHS test cases (Dice %, HD95 mm)\n");
+    println!("{}", report.table());
+    eprintln!(
+        "done in {:.1} min. Everything is in {}: data/, run/ (checkpoints, metrics.jsonl, loss_curves.png, ppo_reward.png), predictions/, evaluation/ (report.md, report.json, overlays/)",
+        t0.elapsed().as_secs_f64() / 60.0,
+        a.out.display()
+    );
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AblateArgs {
+    /// MM-WHS-layout data (with labelled test cases).
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = Preset::Tiny)]
+    pub preset: Preset,
+    /// Training budget per variant, in minutes.
+    #[arg(long, default_value_t = 10.0)]
+    pub minutes: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+}
+
+/// The paper's Table 2: the full model and each ablation, same budget and seed.
+pub fn ablate(a: AblateArgs) -> anyhow::Result<()> {
+    let variants = ["full", "no_cma", "no_rl_xalign", "no_align_loss", "no_agwd"];
+    let mut rows = Vec::new();
+    for v in variants {
+        let mut cfg = TrainConfig::preset(a.preset);
+        cfg.seed = a.seed;
+        cfg.steps_per_epoch = 25;
+        cfg.epochs = steps_for(a.minutes, a.preset).div_ceil(25);
+        cfg.max_minutes = a.minutes;
+        match v {
+            "no_cma" => cfg.model.no_cma = true,
+            "no_rl_xalign" => cfg.model.no_rl_xalign = true,
+            "no_align_loss" => cfg.loss.no_align_loss = true,
+            "no_agwd" => cfg.loss.no_agwd = true,
+            _ => {}
+        }
+        eprintln!("variant {v}");
+        let r = train_infer_evaluate(&cfg, &a.data, &a.out.join(v), a.backend)?;
+        rows.push((v, r));
+    }
+    let mut t = String::from(
+        "| Variant | CT Dice % | MRI Dice % | CT HD95 mm | MRI HD95 mm |\n|---|---|---|---|---|\n",
+    );
+    for (v, r) in &rows {
+        let get = |m: &str| r.means.iter().find(|x| x.modality == m);
+        let f = |x: Option<f64>, s: f64| {
+            x.map(|v| format!("{:.1}", v * s))
+                .unwrap_or_else(|| "–".into())
+        };
+        t.push_str(&format!(
+            "| {v} | {} | {} | {} | {} |\n",
+            f(get("CT").and_then(|m| m.mean_dice), 100.0),
+            f(get("MRI").and_then(|m| m.mean_dice), 100.0),
+            f(get("CT").and_then(|m| m.mean_hd95), 1.0),
+            f(get("MRI").and_then(|m| m.mean_hd95), 1.0)
+        ));
+    }
+    crate::io::write_atomically(&a.out.join("ablation.md"), t.as_bytes())?;
+    println!("{t}");
+    Ok(())
+}

@@ -1,0 +1,393 @@
+//! Inference (METHOD.md §5): preprocessing with the run's statistics, the
+//! cross-modal Gaussian sliding-window ensemble, and label maps written on the
+//! input's own grid.
+
+pub mod sliding;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use ndarray::{Array3, Array4, s};
+
+use self::sliding::{Accumulator, pad_volume, padding, windows};
+use crate::data::labels::{LABEL_VALUES, NUM_CLASSES};
+use crate::data::layout::Modality;
+use crate::io::{DType, Reorientation, Volume, from_ras, read_nifti, to_ras, write_nifti};
+use crate::model::{ActionMode, RlU2Net};
+use crate::preprocess::{CtStats, normalise_ct, normalise_mr, resample_linear};
+use crate::train::{TrainConfig, load_model};
+
+/// A trained run, ready to predict.
+pub struct Predictor {
+    pub cfg: TrainConfig,
+    pub ct_stats: CtStats,
+    pub model: RlU2Net,
+    pub device: Device,
+    pub overlap: f64,
+    pub batch: usize,
+    pub tta: bool,
+}
+
+/// An input volume, its way back to the file's grid, and its working-grid version.
+pub struct Input {
+    pub original: Volume<f32>,
+    pub reorientation: Reorientation,
+    pub ras_spacing: [f64; 3],
+    pub ras_shape: [usize; 3],
+    /// Normalised, RAS, at the working spacing.
+    pub work: Volume<f32>,
+}
+
+/// The prediction of one volume.
+pub struct Prediction {
+    /// MM-WHS label values on the input's grid (its shape and affine).
+    pub labels: Volume<i16>,
+    /// Class probabilities `[K, …]` on the working grid, with its affine.
+    pub probabilities: Array4<f32>,
+    pub work_affine: nalgebra::Matrix4<f64>,
+    pub work_spacing: [f64; 3],
+}
+
+impl Predictor {
+    /// Load a run folder (its `config.toml`, `plan.json` and best — else last — checkpoint).
+    pub fn load(run: &Path, device: Device, overlap: f64, tta: bool) -> anyhow::Result<Predictor> {
+        let cpath = run.join("config.toml");
+        let text = std::fs::read_to_string(&cpath).with_context(|| {
+            format!(
+                "{}: cannot read; is {} a run folder (from `rlu2net train`)?",
+                cpath.display(),
+                run.display()
+            )
+        })?;
+        let cfg = TrainConfig::from_toml(&text, None)
+            .with_context(|| format!("{}: invalid configuration", cpath.display()))?;
+        let ppath = run.join("plan.json");
+        let plan: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&ppath)
+                .with_context(|| format!("{}: cannot read", ppath.display()))?,
+        )?;
+        let ct_stats: CtStats = serde_json::from_value(plan["ct_stats"].clone())
+            .with_context(|| format!("{}: no CT statistics", ppath.display()))?;
+        let ck = ["best", "last"]
+            .iter()
+            .map(|n| run.join("checkpoints").join(n))
+            .find(|p| p.join("model.bpk").exists())
+            .with_context(|| {
+                format!(
+                    "{}: no checkpoint (checkpoints/best or checkpoints/last)",
+                    run.display()
+                )
+            })?;
+        let model = load_model(&ck, RlU2Net::new(&cfg.model, &device))?;
+        Ok(Predictor {
+            cfg,
+            ct_stats,
+            model,
+            device,
+            overlap,
+            batch: 2,
+            tta,
+        })
+    }
+
+    /// Read and preprocess one input volume.
+    pub fn prepare(&self, path: &Path, modality: Modality) -> anyhow::Result<Input> {
+        let (original, _) = read_nifti::<f32>(path)?;
+        let (lo, hi) = original
+            .intensity_range()
+            .with_context(|| format!("{}: every voxel is NaN", path.display()))?;
+        anyhow::ensure!(
+            hi > lo,
+            "{}: the image is constant (every voxel is {lo}); nothing to segment",
+            path.display()
+        );
+        let (ras, reo) = to_ras(&original);
+        let t = self.cfg.preprocess.spacing;
+        let mut work = resample_linear(&ras, [t; 3]);
+        match modality {
+            Modality::Ct => normalise_ct(&mut work.data, &self.ct_stats),
+            Modality::Mr => normalise_mr(&mut work.data, &self.cfg.preprocess),
+        }
+        Ok(Input {
+            ras_spacing: ras.spacing,
+            ras_shape: ras.shape(),
+            original,
+            reorientation: reo,
+            work,
+        })
+    }
+
+    /// Softmax of one batch of paired windows `[n·P³]` each; returns (CT branch, MRI branch) `[n·K·P³]`.
+    fn forward(&self, ct: &[f32], mr: &[f32], n: usize) -> (Vec<f32>, Vec<f32>) {
+        let p = self.cfg.model.patch;
+        let mk = |v: &[f32]| {
+            Tensor::<5>::from_data(TensorData::new(v.to_vec(), [n, 1, p, p, p]), &self.device)
+        };
+        let flips: Vec<Vec<usize>> = if self.tta {
+            (0..8u32)
+                .map(|m| (0..3).filter(|a| m >> a & 1 == 1).map(|a| a + 2).collect())
+                .collect()
+        } else {
+            vec![vec![]]
+        };
+        let flip = |t: Tensor<5>, axes: &[usize]| match axes.len() {
+            0 => t,
+            1 => t.flip([axes[0]]),
+            2 => t.flip([axes[0], axes[1]]),
+            _ => t.flip([axes[0], axes[1], axes[2]]),
+        };
+        let mut acc: Option<(Tensor<5>, Tensor<5>)> = None;
+        for axes in &flips {
+            let out = self.model.forward::<rand_chacha::ChaCha8Rng>(
+                flip(mk(ct), axes),
+                flip(mk(mr), axes),
+                &mut ActionMode::TopK,
+            );
+            let a = flip(softmax(out.logits_ct, 1), axes);
+            let b = flip(softmax(out.logits_mr, 1), axes);
+            acc = Some(match acc {
+                None => (a, b),
+                Some((x, y)) => (x + a, y + b),
+            });
+        }
+        let (a, b) = acc.expect("at least one pass");
+        let k = flips.len() as f64;
+        let v = |t: Tensor<5>| {
+            t.div_scalar(k)
+                .into_data()
+                .iter::<f32>()
+                .collect::<Vec<f32>>()
+        };
+        (v(a), v(b))
+    }
+
+    /// Tile `primary` with its own windows; pair each with the window of `other` at
+    /// the same normalised position (or the same window when there is no other);
+    /// accumulate the primary branch's softmax.
+    fn tile(
+        &self,
+        primary: &Array3<f32>,
+        other: Option<&Array3<f32>>,
+        primary_is_ct: bool,
+        progress: &indicatif::ProgressBar,
+    ) -> Array4<f32> {
+        let roi = self.cfg.model.patch;
+        let ps = primary.dim();
+        let pad = padding([ps.0, ps.1, ps.2], roi);
+        let pv = pad_volume(primary, pad, 0.0);
+        let (px, py, pz) = pv.dim();
+        let other_padded = other.map(|o| {
+            let os = o.dim();
+            let opad = padding([os.0, os.1, os.2], roi);
+            (pad_volume(o, opad, 0.0), [os.0, os.1, os.2], opad)
+        });
+        let mut acc = Accumulator::new(NUM_CLASSES, [px, py, pz], roi);
+        let wins = windows([px, py, pz], roi, self.overlap);
+        let size = [ps.0, ps.1, ps.2];
+        for chunk in wins.chunks(self.batch.max(1)) {
+            let mut a = Vec::with_capacity(chunk.len() * roi.pow(3));
+            let mut b = Vec::with_capacity(chunk.len() * roi.pow(3));
+            for st in chunk {
+                let win = pv.slice(s![
+                    st[0]..st[0] + roi,
+                    st[1]..st[1] + roi,
+                    st[2]..st[2] + roi
+                ]);
+                a.extend(win.iter());
+                match &other_padded {
+                    None => b.extend(win.iter()),
+                    Some((ov, osize, opad)) => {
+                        let od = ov.dim();
+                        let odims = [od.0, od.1, od.2];
+                        let ost: [usize; 3] = std::array::from_fn(|ax| {
+                            // centre in unpadded voxels, as a fraction of the extent
+                            let c = st[ax] as f64 + roi as f64 / 2.0 - pad[ax].0 as f64;
+                            let u = c / size[ax] as f64;
+                            let oc = u * osize[ax] as f64 + opad[ax].0 as f64;
+                            let start = (oc - roi as f64 / 2.0).round().max(0.0) as usize;
+                            start.min(odims[ax] - roi)
+                        });
+                        b.extend(
+                            ov.slice(s![
+                                ost[0]..ost[0] + roi,
+                                ost[1]..ost[1] + roi,
+                                ost[2]..ost[2] + roi
+                            ])
+                            .iter(),
+                        );
+                    }
+                }
+            }
+            let (ct_in, mr_in) = if primary_is_ct { (&a, &b) } else { (&b, &a) };
+            let (p_ct, p_mr) = self.forward(ct_in, mr_in, chunk.len());
+            let out = if primary_is_ct { p_ct } else { p_mr };
+            let per = NUM_CLASSES * roi.pow(3);
+            for (i, st) in chunk.iter().enumerate() {
+                acc.add(*st, &out[i * per..(i + 1) * per]);
+            }
+            progress.inc(chunk.len() as u64);
+        }
+        acc.finish(pad)
+    }
+
+    /// Windows a volume will be tiled with (for progress bars).
+    pub fn window_count(&self, input: &Input) -> u64 {
+        let roi = self.cfg.model.patch;
+        let s = input.work.shape();
+        let pad = padding(s, roi);
+        windows(
+            std::array::from_fn(|a| s[a] + pad[a].0 + pad[a].1),
+            roi,
+            self.overlap,
+        )
+        .len() as u64
+    }
+
+    /// Predict one modality's volume (`primary`), paired with `other` when given.
+    pub fn predict(
+        &self,
+        primary: &Input,
+        other: Option<&Input>,
+        primary_is_ct: bool,
+        progress: &indicatif::ProgressBar,
+    ) -> Prediction {
+        let probs = self.tile(
+            &primary.work.data,
+            other.map(|o| &o.work.data),
+            primary_is_ct,
+            progress,
+        );
+        let (k, x, y, z) = probs.dim();
+        // argmax on the working grid, then nearest back to the file's grid
+        let work_labels = Array3::from_shape_fn((x, y, z), |(i, j, l)| {
+            let mut best = 0;
+            for c in 1..k {
+                if probs[[c, i, j, l]] > probs[[best, i, j, l]] {
+                    best = c;
+                }
+            }
+            best as u8
+        });
+        let t = self.cfg.preprocess.spacing;
+        let rs = primary.ras_shape;
+        let idx = |a: usize, i: usize, n: usize| {
+            (((i as f64) * primary.ras_spacing[a] / t).round() as usize).min(n - 1)
+        };
+        let ras = Array3::from_shape_fn((rs[0], rs[1], rs[2]), |(i, j, l)| {
+            work_labels[[idx(0, i, x), idx(1, j, y), idx(2, l, z)]]
+        });
+        let ras_vol = Volume::new(ras, primary.ras_spacing, nalgebra::Matrix4::identity());
+        let back = from_ras(&ras_vol, &primary.reorientation);
+        let labels = Volume::new(
+            back.data.mapv(|c| LABEL_VALUES[c as usize] as i16),
+            primary.original.spacing,
+            primary.original.affine,
+        );
+        Prediction {
+            labels,
+            probabilities: probs,
+            work_affine: primary.work.affine,
+            work_spacing: primary.work.spacing,
+        }
+    }
+}
+
+/// Write a prediction (and optionally its probabilities as `<name>_probabilities.nii.gz`,
+/// 4D on the working grid).
+pub fn write_prediction(
+    path: &Path,
+    p: &Prediction,
+    probabilities: bool,
+) -> anyhow::Result<Vec<PathBuf>> {
+    write_nifti(path, &p.labels, DType::Int16)?;
+    let mut written = vec![path.to_path_buf()];
+    if probabilities {
+        let name = path
+            .file_name()
+            .context("file name")?
+            .to_string_lossy()
+            .replace(".nii.gz", "")
+            .replace(".nii", "");
+        let pp = path.with_file_name(format!("{name}_probabilities.nii.gz"));
+        crate::io::nifti::write_nifti_4d(&pp, &p.probabilities, p.work_spacing, &p.work_affine)?;
+        written.push(pp);
+    }
+    Ok(written)
+}
+
+/// Predict every `<case>_image.nii.gz` of one split of an MM-WHS-layout folder,
+/// writing `<case>_label.nii.gz` into `out`. CT and MRI cases are paired by their
+/// order (as a paired data set is in training); a modality without a partner is
+/// predicted alone (self-pairing).
+pub fn predict_dir(
+    p: &Predictor,
+    data: &Path,
+    split: crate::data::layout::Split,
+    out: &Path,
+    probabilities: bool,
+    show_progress: bool,
+) -> anyhow::Result<Vec<PathBuf>> {
+    use crate::data::layout::discover;
+    let ds = discover(data)?;
+    let ct = ds.select(Modality::Ct, split);
+    let mr = ds.select(Modality::Mr, split);
+    anyhow::ensure!(
+        !ct.is_empty() || !mr.is_empty(),
+        "{}: no {} cases (expected ct_{}/…_image.nii.gz or mr_{}/…)",
+        data.display(),
+        split.name(),
+        split.name(),
+        split.name()
+    );
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("{}: cannot create the output folder", out.display()))?;
+    let n = ct.len().max(mr.len());
+    let mut written = Vec::new();
+    for i in 0..n {
+        let ci = ct
+            .get(i)
+            .map(|c| p.prepare(&c.image, Modality::Ct))
+            .transpose()?;
+        let mi = mr
+            .get(i)
+            .map(|c| p.prepare(&c.image, Modality::Mr))
+            .transpose()?;
+        let total = ci.as_ref().map(|x| p.window_count(x)).unwrap_or(0)
+            + mi.as_ref().map(|x| p.window_count(x)).unwrap_or(0);
+        let pb = if show_progress {
+            let pb = indicatif::ProgressBar::new(total);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:25}] {pos}/{len} windows {elapsed_precise}",
+                )
+                .expect("template")
+                .progress_chars("=> "),
+            );
+            pb
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        if let (Some(c), Some(x)) = (ct.get(i), &ci) {
+            pb.set_message(c.name());
+            let pred = p.predict(x, mi.as_ref(), true, &pb);
+            written.extend(write_prediction(
+                &out.join(format!("{}_label.nii.gz", c.name())),
+                &pred,
+                probabilities,
+            )?);
+        }
+        if let (Some(c), Some(x)) = (mr.get(i), &mi) {
+            pb.set_message(c.name());
+            let pred = p.predict(x, ci.as_ref(), false, &pb);
+            written.extend(write_prediction(
+                &out.join(format!("{}_label.nii.gz", c.name())),
+                &pred,
+                probabilities,
+            )?);
+        }
+        pb.finish_and_clear();
+    }
+    Ok(written)
+}
