@@ -79,7 +79,7 @@ impl TrainConfig {
         let (spacing, lr, epochs, steps, batch) = match p {
             Preset::Paper => (1.5, 1e-4, 1000, 250, 2),
             Preset::Cpu => (3.0, 1e-3, 100, 50, 1),
-            Preset::Tiny => (4.0, 2e-3, 20, 25, 1),
+            Preset::Tiny => (4.0, 5e-3, 20, 25, 1),
         };
         let model = ModelConfig::preset(p);
         TrainConfig {
