@@ -54,8 +54,15 @@ fn prediction_has_the_inputs_affine_and_shape_for_an_oblique_non_ras_input() {
         0.0, 0.0, 0.0, 1.0,
     )
     .map(|x| x as f32 as f64);
-    let spacing = [0, 1, 2].map(|c| ((0..3).map(|r| affine[(r, c)] * affine[(r, c)]).sum::<f64>().sqrt() as f32) as f64);
-    let data = Array3::from_shape_fn((70, 50, 20), |(i, j, k)| ((i as f32 * 0.3).sin() + (j as f32 * 0.2).cos()) * 300.0 + k as f32);
+    let spacing = [0, 1, 2].map(|c| {
+        ((0..3)
+            .map(|r| affine[(r, c)] * affine[(r, c)])
+            .sum::<f64>()
+            .sqrt() as f32) as f64
+    });
+    let data = Array3::from_shape_fn((70, 50, 20), |(i, j, k)| {
+        ((i as f32 * 0.3).sin() + (j as f32 * 0.2).cos()) * 300.0 + k as f32
+    });
     let input = d.path().join("oblique.nii.gz");
     write_nifti(&input, &Volume::new(data, spacing, affine), DType::Int16).unwrap();
     assert_ne!(Orientation::of_affine(&affine).code(), "RAS");
@@ -71,7 +78,11 @@ fn prediction_has_the_inputs_affine_and_shape_for_an_oblique_non_ras_input() {
         assert_eq!(back.shape(), [70, 50, 20]);
         assert_eq!(back.affine, affine);
         assert_eq!(back.spacing, spacing);
-        assert!(back.data.iter().all(|v| rlu2net::data::labels::class_of_value(*v as i32).is_some()));
+        assert!(
+            back.data
+                .iter()
+                .all(|v| rlu2net::data::labels::class_of_value(*v as i32).is_some())
+        );
         assert!(d.path().join("pred_probabilities.nii.gz").is_file());
     }
 }
@@ -82,10 +93,19 @@ fn constant_and_missing_inputs_are_refused_with_the_file_name() {
     let run = tiny_run(d.path());
     let p = Predictor::load(&run, Device::flex(), 0.5, false).unwrap();
     let flat = d.path().join("flat.nii.gz");
-    write_nifti(&flat, &Volume::with_spacing(Array3::from_elem((8, 8, 8), 5.0f32), [1.0; 3]), DType::Float32).unwrap();
+    write_nifti(
+        &flat,
+        &Volume::with_spacing(Array3::from_elem((8, 8, 8), 5.0f32), [1.0; 3]),
+        DType::Float32,
+    )
+    .unwrap();
     let e = p.prepare(&flat, Modality::Ct).err().unwrap().to_string();
     assert!(e.contains("flat.nii.gz") && e.contains("constant"), "{e}");
-    let e = p.prepare(&d.path().join("none.nii.gz"), Modality::Ct).err().unwrap().to_string();
+    let e = p
+        .prepare(&d.path().join("none.nii.gz"), Modality::Ct)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("none.nii.gz"), "{e}");
 }
 
@@ -98,12 +118,28 @@ fn demo_runs_end_to_end_and_prints_the_table() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("| CT | 2 |") && text.contains("| MRI | 2 |"), "{text}");
-    for f in ["evaluation/report.md", "evaluation/report.json", "evaluation/overlays/ct_test_2001.png", "run/loss_curves.png", "predictions/mr_test_2002_label.nii.gz"] {
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("| CT | 2 |") && text.contains("| MRI | 2 |"),
+        "{text}"
+    );
+    for f in [
+        "evaluation/report.md",
+        "evaluation/report.json",
+        "evaluation/overlays/ct_test_2001.png",
+        "run/loss_curves.png",
+        "predictions/mr_test_2002_label.nii.gz",
+    ] {
         assert!(d.path().join("demo").join(f).is_file(), "{f}");
     }
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("demo/evaluation/report.json")).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.path().join("demo/evaluation/report.json")).unwrap(),
+    )
+    .unwrap();
     let case = &json["cases"][0];
     assert!(case["dice"]["Myo"].is_number() || case["reasons"]["Myo"].is_string());
 }

@@ -79,7 +79,11 @@ fn six_steps_equal_three_plus_resumed_three() {
     assert!(s.stopped_early && s.steps == 3);
     train(&cfg, &opts(&data, &split, true)).unwrap();
 
-    assert_eq!(step_lines(&straight), step_lines(&split));
+    let (a, b) = (step_lines(&straight), step_lines(&split));
+    if let Some(i) = (0..a.len().min(b.len())).find(|&i| a[i] != b[i]) {
+        panic!("line {i} differs:\n{}\n{}", a[i], b[i]);
+    }
+    assert_eq!(a.len(), b.len());
     assert_eq!(
         step_lines(&straight)
             .iter()

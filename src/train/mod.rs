@@ -587,9 +587,23 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSumm
 
     // model, optimiser, agents
     let device = opts.device.clone().autodiff();
-    // the weights' initialisation follows the run's seed
-    device.seed(derive_seed(cfg.seed, &[0x11a7]));
-    let mut model = RlU2Net::new(&cfg.model, &device);
+    // the weights' initialisation follows the run's seed; the device's generator is
+    // shared by the process, so two runs in one process take turns
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let mut model = {
+        let _turn = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        device.seed(derive_seed(cfg.seed, &[0x11a7]));
+        let m = RlU2Net::new(&cfg.model, &device);
+        // parameters are initialised lazily: draw them now, in turn
+        struct Touch;
+        impl ModuleVisitor for Touch {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+                let _ = p.val();
+            }
+        }
+        m.visit(&mut Touch);
+        m
+    };
     let mut optim = AdamWConfig::new()
         .with_weight_decay(cfg.optim.weight_decay as f32)
         .init();
