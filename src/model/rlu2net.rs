@@ -240,6 +240,19 @@ mod tests {
         }
     }
 
+    #[test]
+    #[ignore = "the paper preset (96³, C = 48) needs ~1.4 TFLOPs per forward pass: minutes on a CPU"]
+    fn paper_preset_output_shapes() {
+        let dev = Device::flex();
+        let cfg = ModelConfig::preset(Preset::Paper);
+        let net = RlU2Net::new(&cfg, &dev);
+        let (ct, mr) = pair(96, &dev);
+        let out = net.forward::<ChaCha8Rng>(ct, mr, &mut ActionMode::TopK);
+        assert_eq!(out.logits_ct.dims(), [1, 8, 96, 96, 96]);
+        assert_eq!(out.logits_mr.dims(), [1, 8, 96, 96, 96]);
+        assert_eq!(out.align.len(), 4);
+    }
+
     /// Records, for every float parameter, whether the backward pass gave it a non-zero gradient.
     struct GradCheck<'a> {
         grads: &'a Gradients,

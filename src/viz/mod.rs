@@ -41,6 +41,23 @@ pub fn save_rgb_png(path: &Path, w: u32, h: u32, rgb: &[u8]) -> anyhow::Result<(
         .with_context(|| format!("{}: cannot move into place", path.display()))
 }
 
+/// Whether pixel (x, y) of a row-major class map is labelled and touches another
+/// class (or the border) among its 4 neighbours.
+fn on_contour(cls: &[u8], w: usize, h: usize, x: usize, y: usize) -> bool {
+    let c = cls[y * w + x];
+    c > 0
+        && [(0i32, 1i32), (0, -1), (1, 0), (-1, 0)]
+            .iter()
+            .any(|&(dx, dy)| {
+                let (xx, yy) = (x as i32 + dx, y as i32 + dy);
+                xx < 0
+                    || yy < 0
+                    || xx >= w as i32
+                    || yy >= h as i32
+                    || cls[yy as usize * w + xx as usize] != c
+            })
+}
+
 /// One displayed plane: grey values and classes, row-major.
 struct Plane {
     w: usize,
@@ -154,35 +171,19 @@ pub fn overlay_png(
             (0.0, v[(v.len() as f64 * 0.995) as usize].max(1.0))
         }
     };
-    let planes = [
+    let r = reference.as_ref().map(|v| &v.data);
+    let view = |axes: (usize, usize, usize)| {
         plane(
             &img.data,
             &cls.data,
-            reference.as_ref().map(|v| &v.data),
+            r,
             img.spacing,
-            (0, 1, 2),
-            centre[2],
+            axes,
+            centre[axes.2],
             window,
-        ),
-        plane(
-            &img.data,
-            &cls.data,
-            reference.as_ref().map(|v| &v.data),
-            img.spacing,
-            (0, 2, 1),
-            centre[1],
-            window,
-        ),
-        plane(
-            &img.data,
-            &cls.data,
-            reference.as_ref().map(|v| &v.data),
-            img.spacing,
-            (1, 2, 0),
-            centre[0],
-            window,
-        ),
-    ];
+        )
+    };
+    let planes = [view((0, 1, 2)), view((0, 2, 1)), view((1, 2, 0))];
     let gap = 4;
     let w: usize = planes.iter().map(|p| p.w).sum::<usize>() + gap * 2;
     let h: usize = planes.iter().map(|p| p.h).max().unwrap_or(1);
@@ -192,31 +193,11 @@ pub fn overlay_png(
         for y in 0..p.h {
             for x in 0..p.w {
                 let c = p.cls[y * p.w + x];
-                let edge = c > 0
-                    && [(0i32, 1i32), (0, -1), (1, 0), (-1, 0)]
-                        .iter()
-                        .any(|&(dx, dy)| {
-                            let (xx, yy) = (x as i32 + dx, y as i32 + dy);
-                            xx < 0
-                                || yy < 0
-                                || xx >= p.w as i32
-                                || yy >= p.h as i32
-                                || p.cls[yy as usize * p.w + xx as usize] != c
-                        });
-                let ref_edge = p.reference.as_ref().is_some_and(|rf| {
-                    let rc = rf[y * p.w + x];
-                    rc > 0
-                        && [(0i32, 1i32), (0, -1), (1, 0), (-1, 0)]
-                            .iter()
-                            .any(|&(dx, dy)| {
-                                let (xx, yy) = (x as i32 + dx, y as i32 + dy);
-                                xx < 0
-                                    || yy < 0
-                                    || xx >= p.w as i32
-                                    || yy >= p.h as i32
-                                    || rf[yy as usize * p.w + xx as usize] != rc
-                            })
-                });
+                let edge = on_contour(&p.cls, p.w, p.h, x, y);
+                let ref_edge = p
+                    .reference
+                    .as_ref()
+                    .is_some_and(|rf| on_contour(rf, p.w, p.h, x, y));
                 let px = if edge {
                     CLASS_COLOURS[c as usize]
                 } else if ref_edge {
