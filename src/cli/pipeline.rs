@@ -61,18 +61,6 @@ impl From<SplitArg> for Split {
     }
 }
 
-fn bar(n: u64) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::new(n);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:25}] {pos}/{len} windows {elapsed_precise}",
-        )
-        .expect("template")
-        .progress_chars("=> "),
-    );
-    pb
-}
-
 pub fn infer(a: InferArgs) -> anyhow::Result<()> {
     let p = Predictor::load(&a.model, device(a.backend)?, a.overlap, a.tta)?;
     if let Some(dir) = &a.input_dir {
@@ -102,7 +90,7 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
             .transpose()?;
     let total = ct.as_ref().map(|x| p.window_count(x)).unwrap_or(0)
         + mr.as_ref().map(|x| p.window_count(x)).unwrap_or(0);
-    let pb = bar(total);
+    let pb = crate::infer::window_bar(total);
     let mut written = Vec::new();
     if let Some(c) = &ct {
         pb.set_message("CT");

@@ -317,6 +317,19 @@ pub fn write_prediction(
     Ok(written)
 }
 
+/// A progress bar over `n` windows.
+pub fn window_bar(n: u64) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(n);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:25}] {pos}/{len} windows {elapsed_precise}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    pb
+}
+
 /// Predict every `<case>_image.nii.gz` of one split of an MM-WHS-layout folder,
 /// writing `<case>_label.nii.gz` into `out`. CT and MRI cases are paired by their
 /// order (as a paired data set is in training); a modality without a partner is
@@ -357,15 +370,7 @@ pub fn predict_dir(
         let total = ci.as_ref().map(|x| p.window_count(x)).unwrap_or(0)
             + mi.as_ref().map(|x| p.window_count(x)).unwrap_or(0);
         let pb = if show_progress {
-            let pb = indicatif::ProgressBar::new(total);
-            pb.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg} [{bar:25}] {pos}/{len} windows {elapsed_precise}",
-                )
-                .expect("template")
-                .progress_chars("=> "),
-            );
-            pb
+            window_bar(total)
         } else {
             indicatif::ProgressBar::hidden()
         };
