@@ -374,23 +374,14 @@ pub fn predict_dir(
         } else {
             indicatif::ProgressBar::hidden()
         };
-        if let (Some(c), Some(x)) = (ct.get(i), &ci) {
-            pb.set_message(c.name());
-            let pred = p.predict(x, mi.as_ref(), true, &pb);
-            written.extend(write_prediction(
-                &out.join(format!("{}_label.nii.gz", c.name())),
-                &pred,
-                probabilities,
-            )?);
-        }
-        if let (Some(c), Some(x)) = (mr.get(i), &mi) {
-            pb.set_message(c.name());
-            let pred = p.predict(x, ci.as_ref(), false, &pb);
-            written.extend(write_prediction(
-                &out.join(format!("{}_label.nii.gz", c.name())),
-                &pred,
-                probabilities,
-            )?);
+        let jobs = [(ct.get(i), &ci, &mi, true), (mr.get(i), &mi, &ci, false)];
+        for (case, input, partner, is_ct) in jobs {
+            if let (Some(c), Some(x)) = (case, input) {
+                pb.set_message(c.name());
+                let pred = p.predict(x, partner.as_ref(), is_ct, &pb);
+                let path = out.join(format!("{}_label.nii.gz", c.name()));
+                written.extend(write_prediction(&path, &pred, probabilities)?);
+            }
         }
         pb.finish_and_clear();
     }

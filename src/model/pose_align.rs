@@ -99,18 +99,22 @@ impl PoseAlign {
     }
 }
 
+/// Mean over the rotations of `f(R)`.
+pub fn mean_over(
+    rotations: &[SignedPerm],
+    mut f: impl FnMut(&SignedPerm) -> Tensor<5>,
+) -> Tensor<5> {
+    let sum = rotations
+        .iter()
+        .map(&mut f)
+        .reduce(|a, b| a + b)
+        .expect("at least one rotation");
+    sum.div_scalar(rotations.len() as f64)
+}
+
 /// Mean of a map rotated by each of the rotations.
 pub fn mean_rotated(x: Tensor<5>, rotations: &[SignedPerm]) -> Tensor<5> {
-    let n = rotations.len() as f64;
-    let mut acc: Option<Tensor<5>> = None;
-    for r in rotations {
-        let y = rotate_spatial(x.clone(), r);
-        acc = Some(match acc {
-            None => y,
-            Some(a) => a + y,
-        });
-    }
-    acc.expect("at least one rotation").div_scalar(n)
+    mean_over(rotations, |r| rotate_spatial(x.clone(), r))
 }
 
 /// The rotations of action indices, and their inverses.

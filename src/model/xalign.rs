@@ -5,7 +5,7 @@ use burn::prelude::*;
 use super::cma::Cma;
 use super::config::{ModelConfig, PoseAlignTarget};
 use super::layers::rotate_spatial;
-use super::pose_align::{PoseAlign, mean_rotated};
+use super::pose_align::{PoseAlign, mean_over, mean_rotated};
 use crate::geometry::SignedPerm;
 
 #[derive(Module, Debug)]
@@ -63,18 +63,9 @@ impl RlXAlign {
             Some(cma) if self.rotate_cross => {
                 mean_rotated(cma.forward(primary.clone(), auxiliary.clone()), rots)
             }
-            Some(cma) => {
-                let n = rots.len() as f64;
-                let mut acc: Option<Tensor<5>> = None;
-                for r in rots {
-                    let y = cma.forward(primary.clone(), rotate_spatial(auxiliary.clone(), r));
-                    acc = Some(match acc {
-                        None => y,
-                        Some(a) => a + y,
-                    });
-                }
-                acc.expect("k_sel ≥ 1").div_scalar(n)
-            }
+            Some(cma) => mean_over(rots, |r| {
+                cma.forward(primary.clone(), rotate_spatial(auxiliary.clone(), r))
+            }),
         }
     }
 

@@ -384,9 +384,9 @@ fn validate(
     let mut sums = [[0.0f64; 7]; 2];
     let mut counts = [[0usize; 7]; 2];
     for i in 0..n {
-        let c = [ct[i % ct.len()].clone()];
-        let m = [mr[i % mr.len()].clone()];
-        let b = sample_batch(&c, &m, Pairing::Index, &cfg, patch, 0x7a1, i as u64);
+        let c = std::slice::from_ref(&ct[i % ct.len()]);
+        let m = std::slice::from_ref(&mr[i % mr.len()]);
+        let b = sample_batch(c, m, Pairing::Index, &cfg, patch, 0x7a1, i as u64);
         let out = model.forward::<rand_chacha::ChaCha8Rng>(
             tensor5(&b.ct, 1, patch, device),
             tensor5(&b.mr, 1, patch, device),

@@ -39,6 +39,8 @@ pub struct Template {
     pub classes: Volume<u8>,
     /// World position (template frame, mm) of the heart's centroid.
     pub centroid: [f64; 3],
+    /// Largest distance (mm, per axis) of a labelled voxel from the centroid.
+    pub half_extent: f64,
     inv_spacing: [f64; 3],
     origin: [f64; 3],
 }
@@ -57,12 +59,22 @@ impl Template {
             }
         }
         let centroid = sum.map(|s| s / n.max(1) as f64);
+        let mut half_extent: f64 = 0.0;
+        for ((i, j, k), &c) in classes.data.indexed_iter() {
+            if c > 0 {
+                let w = classes.world_of([i as f64, j as f64, k as f64]);
+                for a in 0..3 {
+                    half_extent = half_extent.max((w[a] - centroid[a]).abs());
+                }
+            }
+        }
         // the shipped template is axis-aligned RAS (diagonal affine)
         let inv_spacing = [0, 1, 2].map(|a| 1.0 / classes.affine[(a, a)]);
         let origin = [0, 1, 2].map(|a| classes.affine[(a, 3)]);
         Template {
             classes,
             centroid,
+            half_extent,
             inv_spacing,
             origin,
         }
@@ -86,20 +98,6 @@ impl Template {
         let counts = crate::data::labels::class_counts(&self.classes.data);
         let v = self.classes.spacing.iter().product::<f64>() / 1000.0;
         counts.map(|n| n as f64 * v)
-    }
-
-    /// Half-extent (mm) of the labelled region around the centroid, per axis.
-    pub fn half_extent(&self) -> f64 {
-        let mut m: f64 = 0.0;
-        for ((i, j, k), &c) in self.classes.data.indexed_iter() {
-            if c > 0 {
-                let w = self.classes.world_of([i as f64, j as f64, k as f64]);
-                for a in 0..3 {
-                    m = m.max((w[a] - self.centroid[a]).abs());
-                }
-            }
-        }
-        m
     }
 }
 
@@ -307,7 +305,7 @@ impl<'t> Subject<'t> {
         let rotation_deg = [0; 3].map(|_| rng.random_range(-15.0..15.0));
         let amplitude = rng.random_range(2.0..5.0);
         let control = 30.0;
-        let half_extent = template.half_extent() * 1.25 + 10.0;
+        let half_extent = template.half_extent * 1.25 + 10.0;
         let displacement = Displacement::random(rng, amplitude, control, half_extent);
         let torso = Torso::random(rng);
         let rot = euler_rotation_deg(rotation_deg);
