@@ -2,12 +2,16 @@
 //! with PPO agents that steer the cross-modal pose alignment.
 //!
 //! The data flows one way: `io` → `preprocess` → `data` → `model` (+ `rl`) →
-//! `loss`/`train` → `infer` → `metrics`. Lower layers never import higher ones.
+//! `loss` → `config`/`checkpoint` (a run folder's contents) → `infer` → `train`
+//! (whose validation is inference) → `metrics` → `cli`. Lower layers never import
+//! higher ones.
 
 // Index loops over x/y/z read like the formulas they implement.
 #![allow(clippy::needless_range_loop)]
 
+pub mod checkpoint;
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod geometry;
@@ -18,5 +22,6 @@ pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod rl;
+pub mod seed;
 pub mod train;
 pub mod viz;

@@ -264,7 +264,8 @@ fn synth(a: SynthArgs) -> anyhow::Result<()> {
         a.out.join("manifest.json").display()
     );
     if opts.preview {
-        eprintln!("previews in {}", a.out.join("preview").display());
+        let dir = crate::viz::dataset_previews(&a.out)?;
+        eprintln!("previews in {}", dir.display());
     }
     eprintln!("next: rlu2net inspect {}", a.out.display());
     Ok(())

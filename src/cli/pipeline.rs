@@ -37,9 +37,12 @@ pub struct InferArgs {
     /// Also write the 8-class softmax (4D, on the working grid).
     #[arg(long)]
     pub probabilities: bool,
-    /// Mirror test-time augmentation (8 flips).
+    /// Mirror test-time augmentation (8 flips); only for a model trained with mirroring.
     #[arg(long)]
     pub tta: bool,
+    /// Keep every connected piece of each structure (default: only the largest).
+    #[arg(long)]
+    pub no_postprocess: bool,
     #[arg(long, default_value_t = 0.5)]
     pub overlap: f64,
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
@@ -62,7 +65,13 @@ impl From<SplitArg> for Split {
 }
 
 pub fn infer(a: InferArgs) -> anyhow::Result<()> {
-    let p = Predictor::load(&a.model, device(a.backend)?, a.overlap, a.tta)?;
+    let mut p = Predictor::load(&a.model, device(a.backend)?, a.overlap, a.tta)?;
+    p.keep_largest = !a.no_postprocess;
+    if a.tta && p.cfg.sampler.augment.p_flip == 0.0 {
+        tracing::warn!(
+            "--tta averages mirrored predictions, but this model was trained without mirroring (sampler.augment.p_flip = 0): the heart is chiral, so mirrored passes are likely to hurt"
+        );
+    }
     if let Some(dir) = &a.input_dir {
         let out = a
             .output_dir
@@ -168,10 +177,10 @@ pub struct DemoArgs {
     pub backend: Backend,
 }
 
-/// Steps a budget allows at the `tiny` preset (about 0.7 s a step on 2 cores).
+/// Steps a budget allows at the `tiny` preset (an upper bound: the schedule is fitted to the measured step time).
 fn steps_for(minutes: f64, preset: Preset) -> u64 {
     let per_step = match preset {
-        Preset::Tiny => 0.7,
+        Preset::Tiny => 0.35,
         Preset::Cpu => 7.5,
         Preset::Paper => 60.0,
     };
@@ -222,11 +231,13 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     crate::data::synth::generate(&opts, &data, &|| {})?;
+    crate::viz::dataset_previews(&data)?;
     let mut cfg = TrainConfig::preset(Preset::Tiny);
     cfg.seed = a.seed;
     cfg.steps_per_epoch = 25;
     cfg.epochs = steps_for(a.minutes, Preset::Tiny).div_ceil(25);
     cfg.max_minutes = a.minutes;
+    cfg.val_every = 4;
     eprintln!(
         "2/4 train: tiny preset, up to {} steps or {} minutes",
         cfg.total_steps(),
@@ -272,6 +283,7 @@ pub fn ablate(a: AblateArgs) -> anyhow::Result<()> {
         cfg.steps_per_epoch = 25;
         cfg.epochs = steps_for(a.minutes, a.preset).div_ceil(25);
         cfg.max_minutes = a.minutes;
+        cfg.val_every = 4;
         match v {
             "no_cma" => cfg.model.no_cma = true,
             "no_rl_xalign" => cfg.model.no_rl_xalign = true,

@@ -1,9 +1,10 @@
 //! Data sets: the MM-WHS layout, label values, inspection, and the SynthWHS generator.
 
 pub mod inspect;
-pub mod labels;
-pub mod layout;
+pub mod pairing;
 pub mod sampler;
 pub mod synth;
 
-pub use layout::{Case, Dataset, Modality, Split, discover};
+// the MM-WHS label values and folder layout are part of the on-disk format (io)
+pub use crate::io::layout::{Case, Dataset, Modality, Split, discover};
+pub use crate::io::{labels, layout};

@@ -7,6 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
+use crate::data::pairing::partner_start;
 use crate::data::synth::render::derive_seed;
 use crate::geometry::{euler_rotation_deg, mat3_vec};
 use crate::preprocess::cache::PreparedCase;
@@ -36,9 +37,10 @@ pub struct AugmentConfig {
 
 impl Default for AugmentConfig {
     fn default() -> Self {
-        // nnU-Net's probabilities, with rotations kept small
+        // nnU-Net's probabilities, with rotations kept small and no mirroring
         AugmentConfig {
-            p_flip: 0.5,
+            // the heart is chiral: a mirror image swaps how left and right look
+            p_flip: 0.0,
             p_rotate: 0.2,
             max_rotation_deg: 15.0,
             p_scale: 0.2,
@@ -83,16 +85,15 @@ pub struct Batch {
     pub mr_labels: Vec<u8>,
     /// Per item: the names of the cases that fed the CT and MRI branch.
     pub sources: Vec<(String, String)>,
+    /// Both branches got the same patches (the relative pose is the identity).
+    pub self_paired: bool,
 }
 
-/// Cut an augmented cubic patch of edge `p` around `centre` (voxel coordinates).
-fn extract(
-    case: &PreparedCase,
-    centre: [f64; 3],
-    p: usize,
-    aug: &AugmentConfig,
-    rng: &mut impl Rng,
-) -> (Vec<f32>, Vec<u8>) {
+/// One draw of spatial augmentation: the matrix that maps patch offsets (voxels,
+/// from the patch centre) to volume offsets. It is applied to both patches of an
+/// item, so their relative pose changes only by conjugation and stays a proper
+/// rotation (a mirror applied to both cancels in the relative pose).
+fn draw_spatial(aug: &AugmentConfig, rng: &mut impl Rng) -> [[f64; 3]; 3] {
     let mut m = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
     if rng.random_bool(aug.p_rotate) {
         let r = aug.max_rotation_deg;
@@ -106,33 +107,49 @@ fn extract(
             }
         }
     }
-    let flip: [bool; 3] = [0; 3].map(|_| rng.random_bool(aug.p_flip));
+    for a in 0..3 {
+        if rng.random_bool(aug.p_flip) {
+            for row in m.iter_mut() {
+                row[a] = -row[a];
+            }
+        }
+    }
+    m
+}
+
+/// Cut a cubic patch of edge `p` starting at voxel `start` (it may reach outside
+/// the volume, which reads as zero, the normalised mean), resampled through the
+/// spatial matrix `m` about the patch centre. With `m` the identity the patch is
+/// an exact copy of the voxels `start..start + p` and their labels.
+fn extract(
+    case: &PreparedCase,
+    start: [i64; 3],
+    p: usize,
+    m: &[[f64; 3]; 3],
+) -> (Vec<f32>, Vec<u8>) {
     let img = &case.image.data;
     let lab = case.labels.as_ref().map(|l| &l.data);
     let s = img.shape();
     let half = (p as f64 - 1.0) / 2.0;
+    let centre = start.map(|v| v as f64 + half);
+    let inside = |q: [f64; 3]| (0..3).all(|a| q[a] >= 0.0 && q[a] < s[a] as f64);
     let mut out = vec![0.0f32; p * p * p];
     let mut out_l = vec![0u8; p * p * p];
     for i in 0..p {
         for j in 0..p {
             for k in 0..p {
-                let mut o = [i as f64 - half, j as f64 - half, k as f64 - half];
-                for a in 0..3 {
-                    if flip[a] {
-                        o[a] = -o[a];
-                    }
-                }
-                let d = mat3_vec(&m, o);
+                let o = [i as f64 - half, j as f64 - half, k as f64 - half];
+                let d = mat3_vec(m, o);
                 let x = [centre[0] + d[0], centre[1] + d[1], centre[2] + d[2]];
                 let idx = (i * p + j) * p + k;
                 // nearest for labels
                 let n = x.map(|v| v.round());
-                if (0..3).all(|a| n[a] >= 0.0 && n[a] < s[a] as f64)
+                if inside(n)
                     && let Some(l) = lab
                 {
                     out_l[idx] = l[[n[0] as usize, n[1] as usize, n[2] as usize]];
                 }
-                // trilinear for the image, zero (the normalised mean) outside
+                // trilinear for the image
                 let f = x.map(|v| v.floor());
                 let mut acc = 0.0f32;
                 for c in 0..8usize {
@@ -141,21 +158,28 @@ fn extract(
                         f[1] + ((c >> 1) & 1) as f64,
                         f[2] + ((c >> 2) & 1) as f64,
                     ];
-                    if (0..3).all(|a| q[a] >= 0.0 && q[a] < s[a] as f64) {
+                    if inside(q) {
                         let w: f64 = (0..3).map(|a| 1.0 - (x[a] - q[a]).abs()).product();
-                        acc += w as f32 * img[[q[0] as usize, q[1] as usize, q[2] as usize]];
+                        if w != 0.0 {
+                            acc += w as f32 * img[[q[0] as usize, q[1] as usize, q[2] as usize]];
+                        }
                     }
                 }
                 out[idx] = acc;
             }
         }
     }
+    (out, out_l)
+}
+
+/// Gamma and Gaussian noise, drawn per patch (the modalities differ in contrast anyway).
+fn augment_intensity(out: &mut [f32], aug: &AugmentConfig, rng: &mut impl Rng) {
     if rng.random_bool(aug.p_gamma) {
         let g = rng.random_range(aug.gamma_range.0..aug.gamma_range.1) as f32;
         let lo = out.iter().cloned().fold(f32::INFINITY, f32::min);
         let hi = out.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let range = (hi - lo).max(1e-6);
-        for v in &mut out {
+        for v in out.iter_mut() {
             *v = ((*v - lo) / range).powf(g) * range + lo;
         }
     }
@@ -163,16 +187,17 @@ fn extract(
         let sd = rng.random_range(0.0..aug.max_noise_std) as f32;
         if sd > 0.0 {
             let nd = Normal::new(0.0f32, sd).unwrap();
-            for v in &mut out {
+            for v in out.iter_mut() {
                 *v += nd.sample(rng);
             }
         }
     }
-    (out, out_l)
 }
 
-/// A patch centre: one time in `1/foreground_fraction` on a voxel of a random present class.
-fn centre(case: &PreparedCase, p: usize, fg_fraction: f64, rng: &mut impl Rng) -> [f64; 3] {
+/// A patch start: one time in `1/foreground_fraction` the patch is centred on a
+/// voxel of a random present class, otherwise placed uniformly inside the volume
+/// (centred where the volume is shorter than the patch).
+fn patch_start(case: &PreparedCase, p: usize, fg_fraction: f64, rng: &mut impl Rng) -> [i64; 3] {
     let s = case.image.data.shape();
     let present: Vec<usize> = (1..case.class_voxels.len())
         .filter(|&c| !case.class_voxels[c].is_empty())
@@ -180,25 +205,21 @@ fn centre(case: &PreparedCase, p: usize, fg_fraction: f64, rng: &mut impl Rng) -
     if !present.is_empty() && rng.random_bool(fg_fraction) {
         let c = present[rng.random_range(0..present.len())];
         let v = case.class_voxels[c][rng.random_range(0..case.class_voxels[c].len())] as usize;
-        return [
-            (v / (s[1] * s[2])) as f64,
-            ((v / s[2]) % s[1]) as f64,
-            (v % s[2]) as f64,
-        ];
+        let at = [v / (s[1] * s[2]), (v / s[2]) % s[1], v % s[2]];
+        return at.map(|x| x as i64 - (p / 2) as i64);
     }
-    // uniform, keeping the patch inside the volume where it fits
     std::array::from_fn(|a| {
-        let half = p as f64 / 2.0;
-        let (lo, hi) = (half - 0.5, s[a] as f64 - half - 0.5);
-        if lo < hi {
-            rng.random_range(lo..hi)
+        if s[a] >= p {
+            rng.random_range(0..=(s[a] - p) as i64)
         } else {
-            (s[a] as f64 - 1.0) / 2.0
+            -(((p - s[a]) / 2) as i64)
         }
     })
 }
 
-/// The batch of training step `step`.
+/// The batch of training step `step`. The auxiliary (MRI) patch of each item sits
+/// at the same normalised position as the primary (CT) one, as inference pairs its
+/// windows ([`partner_start`]); one spatial augmentation serves both.
 pub fn sample_batch(
     ct: &[PreparedCase],
     mr: &[PreparedCase],
@@ -210,6 +231,8 @@ pub fn sample_batch(
 ) -> Batch {
     let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, &[0x5a3, step]));
     let n = patch * patch * patch;
+    // self-pairing is decided per batch: its relative pose is the identity
+    let self_paired = rng.random_bool(cfg.p_self_pair);
     let mut b = Batch {
         patch,
         ct: Vec::with_capacity(cfg.batch_size * n),
@@ -217,6 +240,7 @@ pub fn sample_batch(
         ct_labels: Vec::with_capacity(cfg.batch_size * n),
         mr_labels: Vec::with_capacity(cfg.batch_size * n),
         sources: Vec::new(),
+        self_paired,
     };
     for _ in 0..cfg.batch_size {
         let ci = rng.random_range(0..ct.len());
@@ -224,31 +248,34 @@ pub fn sample_batch(
             Pairing::Index if ci < mr.len() => ci,
             _ => rng.random_range(0..mr.len()),
         };
-        let c_case = &ct[ci];
-        let m_case = &mr[mi];
-        let cc = centre(c_case, patch, cfg.foreground_fraction, &mut rng);
-        let (ci_img, ci_lab) = extract(c_case, cc, patch, &cfg.augment, &mut rng);
-        let mc = centre(m_case, patch, cfg.foreground_fraction, &mut rng);
-        let (mi_img, mi_lab) = extract(m_case, mc, patch, &cfg.augment, &mut rng);
-        if rng.random_bool(cfg.p_self_pair) {
+        let (c_case, m_case) = (&ct[ci], &mr[mi]);
+        let m = draw_spatial(&cfg.augment, &mut rng);
+        if self_paired {
             // one modality feeds both branches (single-modality inference is trained for)
-            let (img, lab, name) = if rng.random_bool(0.5) {
-                (ci_img, ci_lab, &c_case.name)
-            } else {
-                (mi_img, mi_lab, &m_case.name)
-            };
+            let case = if rng.random_bool(0.5) { c_case } else { m_case };
+            let st = patch_start(case, patch, cfg.foreground_fraction, &mut rng);
+            let (mut img, lab) = extract(case, st, patch, &m);
+            augment_intensity(&mut img, &cfg.augment, &mut rng);
             b.ct.extend_from_slice(&img);
             b.mr.extend_from_slice(&img);
             b.ct_labels.extend_from_slice(&lab);
             b.mr_labels.extend_from_slice(&lab);
-            b.sources.push((name.clone(), name.clone()));
-        } else {
-            b.ct.extend_from_slice(&ci_img);
-            b.mr.extend_from_slice(&mi_img);
-            b.ct_labels.extend_from_slice(&ci_lab);
-            b.mr_labels.extend_from_slice(&mi_lab);
-            b.sources.push((c_case.name.clone(), m_case.name.clone()));
+            b.sources.push((case.name.clone(), case.name.clone()));
+            continue;
         }
+        let cs = patch_start(c_case, patch, cfg.foreground_fraction, &mut rng);
+        let (c_shape, m_shape) = (c_case.image.data.shape(), m_case.image.data.shape());
+        let ms: [i64; 3] =
+            std::array::from_fn(|a| partner_start(cs[a], patch, c_shape[a], m_shape[a]));
+        let (mut ci_img, ci_lab) = extract(c_case, cs, patch, &m);
+        let (mut mi_img, mi_lab) = extract(m_case, ms, patch, &m);
+        augment_intensity(&mut ci_img, &cfg.augment, &mut rng);
+        augment_intensity(&mut mi_img, &cfg.augment, &mut rng);
+        b.ct.extend_from_slice(&ci_img);
+        b.mr.extend_from_slice(&mi_img);
+        b.ct_labels.extend_from_slice(&ci_lab);
+        b.mr_labels.extend_from_slice(&mi_lab);
+        b.sources.push((c_case.name.clone(), m_case.name.clone()));
     }
     b
 }
@@ -348,31 +375,129 @@ mod tests {
         assert!(p.next().is_none());
     }
 
+    const IDENTITY: [[f64; 3]; 3] = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+
     #[test]
     fn an_unaugmented_patch_copies_the_volume_and_its_labels() {
         let c = case("a", Modality::Ct, 0);
-        let aug = AugmentConfig {
-            p_flip: 0.0,
+        // a patch of 4 starting at 6 covers voxels 6..10 exactly, and padding reads 0
+        for start in [[6i64, 6, 6], [-2, 3, 14]] {
+            let (img, lab) = extract(&c, start, 4, &IDENTITY);
+            for i in 0..4 {
+                for j in 0..4 {
+                    for k in 0..4 {
+                        let n = (i * 4 + j) * 4 + k;
+                        let v = [i, j, k].map(|x| x as i64);
+                        let q: [i64; 3] = std::array::from_fn(|a| start[a] + v[a]);
+                        let s = c.image.data.shape();
+                        let inside = (0..3).all(|a| q[a] >= 0 && q[a] < s[a] as i64);
+                        let at = q.map(|x| x.max(0) as usize);
+                        let (want_i, want_l) = if inside {
+                            (c.image.data[at], c.labels.as_ref().unwrap().data[at])
+                        } else {
+                            (0.0, 0)
+                        };
+                        assert_eq!(img[n], want_i);
+                        assert_eq!(lab[n], want_l);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A case whose image is ten times its label map, so image and labels can be checked
+    /// against each other voxel by voxel.
+    fn labelled_image(
+        name: &str,
+        modality: Modality,
+        shape: (usize, usize, usize),
+    ) -> PreparedCase {
+        let lab = Array3::from_shape_fn(shape, |(i, j, k)| ((i / 3 + j / 4 + k / 5) % 8) as u8);
+        let img = lab.mapv(|c| c as f32 * 10.0);
+        let mut cv = vec![Vec::new(); 8];
+        for (n, &c) in lab.iter().enumerate() {
+            if c > 0 {
+                cv[c as usize].push(n as u32);
+            }
+        }
+        PreparedCase {
+            name: name.into(),
+            modality,
+            image: Volume::with_spacing(img, [4.0; 3]),
+            labels: Some(Volume::with_spacing(lab, [4.0; 3])),
+            class_voxels: cv,
+        }
+    }
+
+    #[test]
+    fn sampled_patches_sit_on_whole_voxels_with_their_labels() {
+        let ct = vec![labelled_image("a", Modality::Ct, (30, 26, 22))];
+        let mr = vec![labelled_image("a", Modality::Mr, (40, 20, 24))];
+        let cfg = SamplerConfig {
+            batch_size: 3,
+            p_self_pair: 0.3,
+            augment: AugmentConfig {
+                p_gamma: 0.0,
+                p_noise: 0.0,
+                ..AugmentConfig::default()
+            },
+            ..SamplerConfig::default()
+        };
+        for step in 0..40 {
+            let b = sample_batch(&ct, &mr, Pairing::Index, &cfg, 8, 3, step);
+            for (img, lab) in [(&b.ct, &b.ct_labels), (&b.mr, &b.mr_labels)] {
+                for (v, l) in img.iter().zip(lab.iter()) {
+                    assert_eq!(*v, *l as f32 * 10.0, "step {step}: image off its labels");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_auxiliary_patch_sits_at_the_same_normalised_position() {
+        // identical volumes: the two patches are identical, whatever the spatial augmentation
+        let ct = vec![labelled_image("a", Modality::Ct, (30, 26, 22))];
+        let mr = vec![labelled_image("a", Modality::Mr, (30, 26, 22))];
+        let mut cfg = SamplerConfig {
+            batch_size: 2,
+            p_self_pair: 0.0,
+            augment: AugmentConfig {
+                p_flip: 0.5,
+                p_rotate: 1.0,
+                p_scale: 0.5,
+                p_gamma: 0.0,
+                p_noise: 0.0,
+                ..AugmentConfig::default()
+            },
+            ..SamplerConfig::default()
+        };
+        for step in 0..20 {
+            let b = sample_batch(&ct, &mr, Pairing::Index, &cfg, 8, 9, step);
+            assert_eq!(b.ct, b.mr, "step {step}");
+            assert_eq!(b.ct_labels, b.mr_labels, "step {step}");
+        }
+        // an MRI volume twice as long on axis 0: the patch moves with the normalised centre
+        let mr2 = vec![labelled_image("a", Modality::Mr, (60, 26, 22))];
+        cfg.augment = AugmentConfig {
             p_rotate: 0.0,
             p_scale: 0.0,
             p_gamma: 0.0,
             p_noise: 0.0,
             ..AugmentConfig::default()
         };
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        // an even patch of 4 around centre 7.5 covers voxels 6..10
-        let (img, lab) = extract(&c, [7.5, 7.5, 7.5], 4, &aug, &mut rng);
-        for i in 0..4 {
-            for j in 0..4 {
-                for k in 0..4 {
-                    let n = (i * 4 + j) * 4 + k;
-                    assert_eq!(img[n], c.image.data[[6 + i, 6 + j, 6 + k]]);
-                    assert_eq!(
-                        lab[n],
-                        c.labels.as_ref().unwrap().data[[6 + i, 6 + j, 6 + k]]
-                    );
-                }
-            }
+        cfg.foreground_fraction = 0.0;
+        for step in 0..20 {
+            let b = sample_batch(&ct, &mr2, Pairing::Index, &cfg, 8, 9, step);
+            // find the CT start from the patch (labels encode i / 3 + j / 4 + k / 5)
+            let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(9, &[0x5a3, step]));
+            let _self_pair = rng.random_bool(0.0);
+            let _ci = rng.random_range(0..1usize);
+            let _m = draw_spatial(&cfg.augment, &mut rng);
+            let cs = patch_start(&ct[0], 8, 0.0, &mut rng);
+            let ms = [0, 1, 2].map(|a| partner_start(cs[a], 8, [30, 26, 22][a], [60, 26, 22][a]));
+            assert_eq!(ms[1..], cs[1..]);
+            assert_eq!(b.ct, extract(&ct[0], cs, 8, &IDENTITY).0);
+            assert_eq!(b.mr, extract(&mr2[0], ms, 8, &IDENTITY).0);
         }
     }
 

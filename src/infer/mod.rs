@@ -2,6 +2,7 @@
 //! cross-modal Gaussian sliding-window ensemble, and label maps written on the
 //! input's own grid.
 
+pub mod postprocess;
 pub mod sliding;
 
 use std::path::{Path, PathBuf};
@@ -12,12 +13,14 @@ use burn::tensor::activation::softmax;
 use ndarray::{Array3, Array4, s};
 
 use self::sliding::{Accumulator, pad_volume, padding, windows};
+use crate::checkpoint::load_model;
+use crate::config::TrainConfig;
 use crate::data::labels::{LABEL_VALUES, NUM_CLASSES};
 use crate::data::layout::Modality;
+use crate::data::pairing::partner_start;
 use crate::io::{DType, Reorientation, Volume, from_ras, read_nifti, to_ras, write_nifti};
 use crate::model::{ActionMode, RlU2Net};
 use crate::preprocess::{CtStats, normalise_ct, normalise_mr, resample_linear};
-use crate::train::{TrainConfig, load_model};
 
 /// A trained run, ready to predict.
 pub struct Predictor {
@@ -28,6 +31,8 @@ pub struct Predictor {
     pub overlap: f64,
     pub batch: usize,
     pub tta: bool,
+    /// Keep only each structure's largest connected component.
+    pub keep_largest: bool,
 }
 
 /// An input volume, its way back to the file's grid, and its working-grid version.
@@ -81,7 +86,21 @@ impl Predictor {
                 )
             })?;
         let model = load_model(&ck, RlU2Net::new(&cfg.model, &device))?;
-        Ok(Predictor {
+        Ok(Predictor::from_parts(
+            cfg, ct_stats, model, device, overlap, tta,
+        ))
+    }
+
+    /// A predictor for a model in memory (validation during training).
+    pub fn from_parts(
+        cfg: TrainConfig,
+        ct_stats: CtStats,
+        model: RlU2Net,
+        device: Device,
+        overlap: f64,
+        tta: bool,
+    ) -> Predictor {
+        Predictor {
             cfg,
             ct_stats,
             model,
@@ -89,7 +108,8 @@ impl Predictor {
             overlap,
             batch: 2,
             tta,
-        })
+            keep_largest: true,
+        }
     }
 
     /// Read and preprocess one input volume.
@@ -120,7 +140,7 @@ impl Predictor {
     }
 
     /// Softmax of one batch of paired windows `[n·P³]` each; returns (CT branch, MRI branch) `[n·K·P³]`.
-    fn forward(&self, ct: &[f32], mr: &[f32], n: usize) -> (Vec<f32>, Vec<f32>) {
+    fn forward(&self, ct: &[f32], mr: &[f32], n: usize, self_paired: bool) -> (Vec<f32>, Vec<f32>) {
         let p = self.cfg.model.patch;
         let mk = |v: &[f32]| {
             Tensor::<5>::from_data(TensorData::new(v.to_vec(), [n, 1, p, p, p]), &self.device)
@@ -140,10 +160,16 @@ impl Predictor {
         };
         let mut acc: Option<(Tensor<5>, Tensor<5>)> = None;
         for axes in &flips {
+            // a window paired with itself has the identity as its relative pose
+            let mut mode = if self_paired {
+                ActionMode::Identity
+            } else {
+                ActionMode::TopK
+            };
             let out = self.model.forward::<rand_chacha::ChaCha8Rng>(
                 flip(mk(ct), axes),
                 flip(mk(mr), axes),
-                &mut ActionMode::TopK,
+                &mut mode,
             );
             let a = flip(softmax(out.logits_ct, 1), axes);
             let b = flip(softmax(out.logits_mr, 1), axes);
@@ -166,7 +192,7 @@ impl Predictor {
     /// Tile `primary` with its own windows; pair each with the window of `other` at
     /// the same normalised position (or the same window when there is no other);
     /// accumulate the primary branch's softmax.
-    fn tile(
+    pub fn probabilities(
         &self,
         primary: &Array3<f32>,
         other: Option<&Array3<f32>>,
@@ -202,12 +228,10 @@ impl Predictor {
                         let od = ov.dim();
                         let odims = [od.0, od.1, od.2];
                         let ost: [usize; 3] = std::array::from_fn(|ax| {
-                            // centre in unpadded voxels, as a fraction of the extent
-                            let c = st[ax] as f64 + roi as f64 / 2.0 - pad[ax].0 as f64;
-                            let u = c / size[ax] as f64;
-                            let oc = u * osize[ax] as f64 + opad[ax].0 as f64;
-                            let start = (oc - roi as f64 / 2.0).round().max(0.0) as usize;
-                            start.min(odims[ax] - roi)
+                            let own = st[ax] as i64 - pad[ax].0 as i64;
+                            let o =
+                                partner_start(own, roi, size[ax], osize[ax]) + opad[ax].0 as i64;
+                            (o.max(0) as usize).min(odims[ax] - roi)
                         });
                         b.extend(
                             ov.slice(s![
@@ -221,7 +245,7 @@ impl Predictor {
                 }
             }
             let (ct_in, mr_in) = if primary_is_ct { (&a, &b) } else { (&b, &a) };
-            let (p_ct, p_mr) = self.forward(ct_in, mr_in, chunk.len());
+            let (p_ct, p_mr) = self.forward(ct_in, mr_in, chunk.len(), other.is_none());
             let out = if primary_is_ct { p_ct } else { p_mr };
             let per = NUM_CLASSES * roi.pow(3);
             for (i, st) in chunk.iter().enumerate() {
@@ -253,7 +277,7 @@ impl Predictor {
         primary_is_ct: bool,
         progress: &indicatif::ProgressBar,
     ) -> Prediction {
-        let probs = self.tile(
+        let probs = self.probabilities(
             &primary.work.data,
             other.map(|o| &o.work.data),
             primary_is_ct,
@@ -261,7 +285,7 @@ impl Predictor {
         );
         let (k, x, y, z) = probs.dim();
         // argmax on the working grid, then nearest back to the file's grid
-        let work_labels = Array3::from_shape_fn((x, y, z), |(i, j, l)| {
+        let mut work_labels = Array3::from_shape_fn((x, y, z), |(i, j, l)| {
             let mut best = 0;
             for c in 1..k {
                 if probs[[c, i, j, l]] > probs[[best, i, j, l]] {
@@ -270,6 +294,9 @@ impl Predictor {
             }
             best as u8
         });
+        if self.keep_largest {
+            postprocess::keep_largest_components(&mut work_labels);
+        }
         let t = self.cfg.preprocess.spacing;
         let rs = primary.ras_shape;
         let idx = |a: usize, i: usize, n: usize| {

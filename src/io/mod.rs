@@ -1,5 +1,8 @@
 //! Volumes on disk: the `Volume` type, NIfTI-1 read/write, RAS reorientation.
 
+pub mod header;
+pub mod labels;
+pub mod layout;
 pub mod nifti;
 pub mod orientation;
 pub mod volume;

@@ -18,6 +18,9 @@ pub struct LossConfig {
     pub align_window: usize,
     /// λ1 of eq. 20.
     pub lambda_align: f64,
+    /// Stop the gradient through F_primary in the alignment loss, so that it pulls
+    /// F_aligned towards the primary features and never the encoder towards collapse.
+    pub align_detach_primary: bool,
     /// AGWD: EMA factor, γ_w, δ.
     pub agwd_ema: f64,
     pub agwd_gamma: f64,
@@ -36,6 +39,7 @@ impl Default for LossConfig {
             infonce_temperature: 0.1,
             align_window: 4,
             lambda_align: 0.1,
+            align_detach_primary: true,
             agwd_ema: 0.9,
             agwd_gamma: 2.0,
             agwd_delta: 0.05,
@@ -123,6 +127,11 @@ pub fn align_terms(
 
 /// eq. 17 for one module.
 pub fn align_loss(aligned: Tensor<5>, primary: Tensor<5>, cfg: &LossConfig) -> Tensor<1> {
+    let primary = if cfg.align_detach_primary {
+        primary.detach()
+    } else {
+        primary
+    };
     let (nce, cos) = align_terms(aligned, primary, cfg.align_window, cfg.infonce_temperature);
     nce.mul_scalar(cfg.align_alpha) + cos.mul_scalar(cfg.align_beta)
 }

@@ -1,5 +1,6 @@
 //! Dice and HD95 with MONAI's definitions, and the paper's Table 1 report.
 
+pub mod confusion;
 pub mod evaluate;
 pub mod report;
 

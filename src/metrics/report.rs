@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::confusion::{Confusion, add, confusion};
 use super::{StructureScore, score};
-use crate::data::labels::STRUCTURES;
+use crate::data::labels::{NUM_CLASSES, STRUCTURES};
 use crate::io::Volume;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -19,6 +20,9 @@ pub struct CaseReport {
     pub hd95: BTreeMap<String, Option<f64>>,
     /// Structure name → why a value is missing.
     pub reasons: BTreeMap<String, String>,
+    /// Voxel counts, truth (rows) × prediction (columns), background first.
+    #[serde(default)]
+    pub confusion: Confusion,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -31,6 +35,9 @@ pub struct ModalitySummary {
     /// Mean over the 7 structures of the per-structure means.
     pub mean_dice: Option<f64>,
     pub mean_hd95: Option<f64>,
+    /// The cases' confusion matrices summed.
+    #[serde(default)]
+    pub confusion: Confusion,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -47,6 +54,7 @@ pub fn score_case(case: &str, modality: &str, pred: &Volume<u8>, truth: &Volume<
         dice: BTreeMap::new(),
         hd95: BTreeMap::new(),
         reasons: BTreeMap::new(),
+        confusion: confusion(pred.data.iter(), truth.data.iter()),
     };
     for (s, name) in STRUCTURES.iter().enumerate() {
         let c = (s + 1) as u8;
@@ -86,6 +94,9 @@ pub fn summarise(cases: Vec<CaseReport>) -> Report {
             cases: sel.len(),
             mean_dice: mean(dice.values().copied()),
             mean_hd95: mean(hd95.values().copied()),
+            confusion: sel.iter().fold([[0; NUM_CLASSES]; NUM_CLASSES], |acc, c| {
+                add(&acc, &c.confusion)
+            }),
             dice,
             hd95,
         });
@@ -156,6 +167,13 @@ impl Report {
                     .map(move |(st, r)| format!("- {} {}: {}", c.case, st, r))
             })
             .collect();
+        for m in &self.means {
+            s.push_str(&format!(
+                "\n## Confusion matrix, {} (voxels; rows = truth, columns = prediction)\n\n",
+                m.modality
+            ));
+            s.push_str(&super::confusion::markdown(&m.confusion));
+        }
         if !notes.is_empty() {
             s.push_str("\n## Missing values\n\n");
             s.push_str(&notes.join("\n"));

@@ -19,6 +19,9 @@ pub enum ActionMode<'a, R: Rng> {
     TopK,
     /// Given rotation indices per RL-XAlign module (tests, replays).
     Fixed(&'a [Vec<usize>]),
+    /// The identity alone in every module: both branches see the same patch
+    /// (self-pairing), whose relative pose is the identity.
+    Identity,
 }
 
 #[derive(Module, Debug)]
@@ -92,6 +95,7 @@ impl PoseAlign {
             ActionMode::Sample(rng) => gumbel_top_k(&theta, k, *rng),
             ActionMode::TopK => top_k(&theta, k),
             ActionMode::Fixed(a) => a[module].clone(),
+            ActionMode::Identity => vec![0],
         };
         let lp = log_probs(&theta);
         let logp = actions.iter().map(|&a| lp[a]).collect();
@@ -117,6 +121,24 @@ pub fn mean_rotated(x: Tensor<5>, rotations: &[SignedPerm]) -> Tensor<5> {
     mean_over(rotations, |r| rotate_spatial(x.clone(), r))
 }
 
+/// How well rotation `r` lines the auxiliary map `[B, C, n, n, n]` up with the
+/// primary one: the normalised cross-correlation of the two maps, each channel's
+/// spatial mean removed first. Computed without gradient from the module's
+/// inputs (before CMA and fusion), so it depends on the rotation and cannot be
+/// raised by the network making F_aligned copy F_primary (the PPO reward, METHOD.md §3).
+pub fn pose_similarity(primary: &Tensor<5>, auxiliary: &Tensor<5>, r: &SignedPerm) -> f64 {
+    let centred = |x: Tensor<5>| {
+        let m = x.clone().mean_dim(2).mean_dim(3).mean_dim(4);
+        x - m
+    };
+    let a = centred(primary.clone().detach());
+    let b = centred(rotate_spatial(auxiliary.clone().detach(), r));
+    let dot = (a.clone() * b.clone()).sum().into_scalar::<f32>() as f64;
+    let na = a.powi_scalar(2).sum().into_scalar::<f32>() as f64;
+    let nb = b.powi_scalar(2).sum().into_scalar::<f32>() as f64;
+    dot / ((na * nb).sqrt() + 1e-12)
+}
+
 /// The rotations of action indices, and their inverses.
 pub fn rotations_of(actions: &[usize]) -> (Vec<SignedPerm>, Vec<SignedPerm>) {
     let rots = cube_rotations();
@@ -129,6 +151,29 @@ pub fn rotations_of(actions: &[usize]) -> (Vec<SignedPerm>, Vec<SignedPerm>) {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn pose_similarity_peaks_at_the_rotation_that_undoes_the_pose() {
+        use burn::tensor::Distribution;
+        let dev = Device::flex();
+        let primary = Tensor::<5>::random([1, 3, 6, 6, 6], Distribution::Normal(0.0, 1.0), &dev);
+        let rots = cube_rotations();
+        let inv = crate::geometry::rotation_inverse_table();
+        for pose in [0usize, 5, 9, 17] {
+            // the auxiliary map is the primary one moved by the pose (plus an offset)
+            let aux = rotate_spatial(primary.clone(), &rots[pose]).add_scalar(3.0);
+            let sims: Vec<f64> = rots
+                .iter()
+                .map(|r| pose_similarity(&primary, &aux, r))
+                .collect();
+            let best = (0..24)
+                .max_by(|&a, &b| sims[a].total_cmp(&sims[b]))
+                .unwrap();
+            assert_eq!(best, inv[pose], "pose {pose}: {sims:?}");
+            assert!((sims[best] - 1.0).abs() < 1e-5);
+            assert!(sims.iter().enumerate().all(|(a, s)| a == best || *s < 0.5));
+        }
+    }
 
     #[test]
     fn log_probs_normalise() {

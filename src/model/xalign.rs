@@ -29,6 +29,8 @@ pub struct AlignOutput {
     /// The same for the MRI branch (None without `cma_bidirectional`).
     pub aligned_mr: Option<Tensor<5>>,
     pub primary_mr: Option<Tensor<5>>,
+    /// The module's MRI input (the CT input is `primary_ct`), for the alignment reward.
+    pub input_mr: Tensor<5>,
     /// Rotation indices drawn, and log π_θ of each.
     pub actions: Vec<usize>,
     pub log_probs: Vec<f32>,
@@ -86,9 +88,9 @@ impl RlXAlign {
             let aligned_mr = self.aligned(self.cma_mr.as_ref(), &mr, &ct, inv);
             let out = aligned_mr.clone().mul_scalar(self.lambda)
                 + mr.clone().mul_scalar(1.0 - self.lambda);
-            (out, Some(aligned_mr), Some(mr))
+            (out, Some(aligned_mr), Some(mr.clone()))
         } else {
-            (mr, None, None)
+            (mr.clone(), None, None)
         };
         (
             out_ct,
@@ -98,6 +100,7 @@ impl RlXAlign {
                 primary_ct: ct,
                 aligned_mr,
                 primary_mr,
+                input_mr: mr,
                 actions,
                 log_probs,
             },

@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 use super::{
     CtStats, PreprocessConfig, normalise_ct, normalise_mr, resample_linear, resample_nearest,
 };
-use crate::data::labels::labels_to_classes;
-use crate::data::layout::{Case, Modality};
+use crate::io::labels::labels_to_classes;
+use crate::io::layout::{Case, Modality};
 use crate::io::{DType, Reorientation, Volume, read_nifti, to_ras, write_atomically, write_nifti};
 
 /// A case ready for the network: RAS, resampled to the target spacing, normalised.

@@ -3,6 +3,7 @@
 //! statistics fitted on the training set (CT) or per volume (MRI).
 
 pub mod cache;
+pub mod plan;
 
 use ndarray::Array3;
 use rand::{Rng, SeedableRng};

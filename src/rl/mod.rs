@@ -253,15 +253,17 @@ impl PpoAgent {
     }
 
     /// Record the outcome of the actions taken in the current state: each action is
-    /// its own transition with the same reward (METHOD.md §3); then s_t ← s_{t+1}.
+    /// its own transition with its own reward (METHOD.md §3, with the alignment term
+    /// measured per rotation); then s_t ← s_{t+1}.
     pub fn record(
         &mut self,
         actions: &[usize],
         log_probs_old: &[f32],
-        reward: f64,
+        rewards: &[f64],
         next_state: State,
     ) {
-        for (&a, &lp) in actions.iter().zip(log_probs_old) {
+        assert_eq!(actions.len(), rewards.len(), "one reward per action");
+        for ((&a, &lp), &reward) in actions.iter().zip(log_probs_old).zip(rewards) {
             self.buffer.push(Transition {
                 state: self.state,
                 action: a,

@@ -77,7 +77,7 @@ fn run_bandit(
     while agent.updates < updates {
         let (a, lp) = agent.act(1);
         let r = if a[0] == best { 1.0 } else { 0.0 } + noise.sample(&mut env);
-        agent.record(&a, &lp, r, [0.5, 0.5, 0.0]);
+        agent.record(&a, &lp, &[r], [0.5, 0.5, 0.0]);
         if let Some(s) = agent.maybe_update() {
             let done = s.top3[0].0 == best && s.top3[0].1 >= 0.9;
             log.push(s);
@@ -147,7 +147,7 @@ fn critic_value_converges_to_discounted_constant_reward() {
             rng.random_range(0.0..1.0),
         ];
         let (a, lp) = agent.act(1);
-        agent.record(&a, &lp, r, next);
+        agent.record(&a, &lp, &[r], next);
         if agent.maybe_update().is_some() {
             last = agent.critic.value(&[0.5, 0.5, 0.5]);
             if (last - want).abs() < 0.02 * want {
@@ -165,7 +165,12 @@ fn save_load_continue_matches_an_uninterrupted_agent() {
         for _ in 0..steps {
             let (a, lp) = agent.act(4);
             let r = if a.contains(&6) { 1.0 } else { 0.2 } + rng.random_range(-0.1..0.1);
-            agent.record(&a, &lp, r, [rng.random(), rng.random(), 0.3]);
+            agent.record(
+                &a,
+                &lp,
+                &vec![r; a.len()],
+                [rng.random(), rng.random(), 0.3],
+            );
             agent.maybe_update();
         }
     };

@@ -125,6 +125,29 @@ fn plane(
 
 /// Three orthogonal mid-slices through the heart (axial, coronal, sagittal) with
 /// label contours, side by side.
+/// PNG previews (three planes with label contours) of the first labelled case of
+/// each modality and split, written to `data/preview/<case>.png`.
+pub fn dataset_previews(data: &Path) -> anyhow::Result<std::path::PathBuf> {
+    use crate::io::labels::labels_to_classes;
+    use crate::io::layout::{Split, discover};
+    let ds = discover(data)?;
+    let dir = data.join("preview");
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    for m in [Modality::Ct, Modality::Mr] {
+        for s in [Split::Train, Split::Test] {
+            let Some(c) = ds.select(m, s).into_iter().find(|c| c.label.is_some()) else {
+                continue;
+            };
+            let lp = c.label.as_ref().expect("filtered on a label");
+            let (img, _) = crate::io::read_nifti::<f32>(&c.image)?;
+            let (lab, _) = crate::io::read_nifti::<f32>(lp)?;
+            let cls = labels_to_classes(&lab, lp)?;
+            preview_png(&dir.join(format!("{}.png", c.name())), &img, &cls, m)?;
+        }
+    }
+    Ok(dir)
+}
+
 pub fn preview_png(
     path: &Path,
     image: &Volume<f32>,

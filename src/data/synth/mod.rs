@@ -86,6 +86,7 @@ pub struct SynthOptions {
     /// Index (0..24) of the cube rotation of the MRI pose offset.
     pub mr_pose: usize,
     pub scale: Scale,
+    /// Recorded in the manifest; the PNGs are drawn by the caller (`viz::dataset_previews`).
     pub preview: bool,
 }
 
@@ -345,22 +346,6 @@ fn generate_case(
         &mut mr_rng,
     );
     write_rendered(out, &mr, Modality::Mr)?;
-    if opts.preview && index == 0 {
-        let dir = out.join("preview");
-        std::fs::create_dir_all(&dir)?;
-        crate::viz::preview_png(
-            &dir.join(format!("ct_{}_{id}.png", split.name())),
-            &ct.image,
-            &ct.classes,
-            Modality::Ct,
-        )?;
-        crate::viz::preview_png(
-            &dir.join(format!("mr_{}_{id}.png", split.name())),
-            &mr.image,
-            &mr.classes,
-            Modality::Mr,
-        )?;
-    }
     Ok(CaseRecord {
         split,
         id,

@@ -53,6 +53,8 @@ pub struct TrainConfig {
     pub steps_per_epoch: u64,
     /// Validate every this many epochs.
     pub val_every: u64,
+    /// Window overlap of the sliding-window validation.
+    pub val_overlap: f64,
     /// Fraction of the training cases of each modality held out for validation.
     pub val_fraction: f64,
     /// Stop (with a checkpoint) after this many minutes; 0 = no limit.
@@ -88,6 +90,7 @@ impl TrainConfig {
             epochs,
             steps_per_epoch: steps,
             val_every: 1,
+            val_overlap: 0.25,
             val_fraction: 0.2,
             max_minutes: 0.0,
             pairing: None,

@@ -1,0 +1,121 @@
+//! Validation on the held-out training pairs by the inference code path itself:
+//! the cross-modal Gaussian sliding window over each whole volume, Dice on the
+//! working grid. The best checkpoint is chosen by it.
+
+use ndarray::Array4;
+
+use crate::infer::Predictor;
+use crate::preprocess::cache::PreparedCase;
+
+/// Per-structure Dice of class maps (hard), structures absent from both skipped (NaN).
+pub fn hard_dice<'a>(
+    pred: impl IntoIterator<Item = &'a u8>,
+    truth: impl IntoIterator<Item = &'a u8>,
+) -> [f64; 7] {
+    let mut inter = [0usize; 8];
+    let mut np = [0usize; 8];
+    let mut nt = [0usize; 8];
+    for (&p, &t) in pred.into_iter().zip(truth) {
+        np[p as usize] += 1;
+        nt[t as usize] += 1;
+        if p == t {
+            inter[p as usize] += 1;
+        }
+    }
+    std::array::from_fn(|s| {
+        let c = s + 1;
+        if np[c] + nt[c] == 0 {
+            f64::NAN
+        } else {
+            2.0 * inter[c] as f64 / (np[c] + nt[c]) as f64
+        }
+    })
+}
+
+/// The class of highest probability at each voxel of `[K, X, Y, Z]`.
+pub fn argmax_classes(probs: &Array4<f32>) -> Vec<u8> {
+    let (k, x, y, z) = probs.dim();
+    let mut out = Vec::with_capacity(x * y * z);
+    for i in 0..x {
+        for j in 0..y {
+            for l in 0..z {
+                let mut best = 0;
+                for c in 1..k {
+                    if probs[[c, i, j, l]] > probs[[best, i, j, l]] {
+                        best = c;
+                    }
+                }
+                out.push(best as u8);
+            }
+        }
+    }
+    out
+}
+
+/// Mean Dice per structure over the validation volumes, CT and MRI: each volume
+/// is predicted whole, paired with its partner of the same index as `infer` pairs
+/// a test folder.
+pub fn validate(p: &Predictor, ct: &[PreparedCase], mr: &[PreparedCase]) -> ([f64; 7], [f64; 7]) {
+    let hidden = indicatif::ProgressBar::hidden();
+    let mut sums = [[0.0f64; 7]; 2];
+    let mut counts = [[0usize; 7]; 2];
+    for (k, (own, other, is_ct)) in [(ct, mr, true), (mr, ct, false)].into_iter().enumerate() {
+        for (i, case) in own.iter().enumerate() {
+            let Some(truth) = &case.labels else { continue };
+            let partner = other.get(i).map(|o| &o.image.data);
+            let probs = p.probabilities(&case.image.data, partner, is_ct, &hidden);
+            let d = hard_dice(&argmax_classes(&probs), truth.data.iter());
+            for s in 0..7 {
+                if d[s].is_finite() {
+                    sums[k][s] += d[s];
+                    counts[k][s] += 1;
+                }
+            }
+        }
+    }
+    let mean = |k: usize| {
+        std::array::from_fn(|s| {
+            if counts[k][s] > 0 {
+                sums[k][s] / counts[k][s] as f64
+            } else {
+                f64::NAN
+            }
+        })
+    };
+    (mean(0), mean(1))
+}
+
+pub fn nanmean(v: &[f64]) -> f64 {
+    let f: Vec<f64> = v.iter().cloned().filter(|x| x.is_finite()).collect();
+    if f.is_empty() {
+        f64::NAN
+    } else {
+        f.iter().sum::<f64>() / f.len() as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dice_of_a_map_with_itself_is_one_and_hand_counts_hold() {
+        let a = [0u8, 1, 1, 2, 2, 2, 3, 0];
+        let d = hard_dice(&a, &a);
+        assert_eq!(&d[..3], &[1.0, 1.0, 1.0]);
+        assert!(d[3..].iter().all(|x| x.is_nan()));
+        // class 1: pred {1,2}, truth {1}: 2·1 / (2 + 1)
+        let t = [0u8, 1, 0, 2, 2, 2, 3, 0];
+        let d = hard_dice(&a, &t);
+        assert!((d[0] - 2.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn argmax_picks_the_largest_class() {
+        let mut p = Array4::<f32>::zeros((3, 1, 1, 2));
+        p[[2, 0, 0, 0]] = 0.7;
+        p[[0, 0, 0, 0]] = 0.3;
+        p[[1, 0, 0, 1]] = 0.9;
+        assert_eq!(argmax_classes(&p), vec![2, 1]);
+    }
+}
