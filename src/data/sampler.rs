@@ -87,14 +87,20 @@ pub struct Batch {
     pub sources: Vec<(String, String)>,
     /// Both branches got the same patches (the relative pose is the identity).
     pub self_paired: bool,
+    /// The central windows `[1, 1, P, P, P]` of the first item's CT and MRI volumes,
+    /// unaugmented (None when self-paired): where the same normalised position is
+    /// the same anatomy whatever the pose offset, so the PPO reward is measured there.
+    pub probe: Option<(Vec<f32>, Vec<f32>)>,
 }
+
+const IDENTITY: [[f64; 3]; 3] = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
 
 /// One draw of spatial augmentation: the matrix that maps patch offsets (voxels,
 /// from the patch centre) to volume offsets. It is applied to both patches of an
 /// item, so their relative pose changes only by conjugation and stays a proper
 /// rotation (a mirror applied to both cancels in the relative pose).
 fn draw_spatial(aug: &AugmentConfig, rng: &mut impl Rng) -> [[f64; 3]; 3] {
-    let mut m = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+    let mut m = IDENTITY;
     if rng.random_bool(aug.p_rotate) {
         let r = aug.max_rotation_deg;
         m = euler_rotation_deg([0; 3].map(|_| rng.random_range(-r..=r)));
@@ -241,6 +247,7 @@ pub fn sample_batch(
         mr_labels: Vec::with_capacity(cfg.batch_size * n),
         sources: Vec::new(),
         self_paired,
+        probe: None,
     };
     for _ in 0..cfg.batch_size {
         let ci = rng.random_range(0..ct.len());
@@ -276,8 +283,22 @@ pub fn sample_batch(
         b.ct_labels.extend_from_slice(&ci_lab);
         b.mr_labels.extend_from_slice(&mi_lab);
         b.sources.push((c_case.name.clone(), m_case.name.clone()));
+        if b.probe.is_none() {
+            b.probe = Some(central_pair(c_case, m_case, patch));
+        }
     }
     b
+}
+
+/// The central window of `ct` and its partner in `mr` (unaugmented).
+pub fn central_pair(ct: &PreparedCase, mr: &PreparedCase, p: usize) -> (Vec<f32>, Vec<f32>) {
+    let (cs, ms) = (ct.image.data.shape(), mr.image.data.shape());
+    let start: [i64; 3] = std::array::from_fn(|a| (cs[a] as i64 - p as i64).div_euclid(2));
+    let partner: [i64; 3] = std::array::from_fn(|a| partner_start(start[a], p, cs[a], ms[a]));
+    (
+        extract(ct, start, p, &IDENTITY).0,
+        extract(mr, partner, p, &IDENTITY).0,
+    )
 }
 
 /// Prepares the batch of the next step on a background thread while the current
@@ -375,8 +396,6 @@ mod tests {
         assert!(p.next().is_none());
     }
 
-    const IDENTITY: [[f64; 3]; 3] = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
-
     #[test]
     fn an_unaugmented_patch_copies_the_volume_and_its_labels() {
         let c = case("a", Modality::Ct, 0);
@@ -436,7 +455,11 @@ mod tests {
         let cfg = SamplerConfig {
             batch_size: 3,
             p_self_pair: 0.3,
+            // mirroring keeps the grid; rotation and scaling resample it
             augment: AugmentConfig {
+                p_flip: 0.5,
+                p_rotate: 0.0,
+                p_scale: 0.0,
                 p_gamma: 0.0,
                 p_noise: 0.0,
                 ..AugmentConfig::default()
@@ -488,7 +511,7 @@ mod tests {
         cfg.foreground_fraction = 0.0;
         for step in 0..20 {
             let b = sample_batch(&ct, &mr2, Pairing::Index, &cfg, 8, 9, step);
-            // find the CT start from the patch (labels encode i / 3 + j / 4 + k / 5)
+            // replay the first item's draws
             let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(9, &[0x5a3, step]));
             let _self_pair = rng.random_bool(0.0);
             let _ci = rng.random_range(0..1usize);
@@ -496,8 +519,8 @@ mod tests {
             let cs = patch_start(&ct[0], 8, 0.0, &mut rng);
             let ms = [0, 1, 2].map(|a| partner_start(cs[a], 8, [30, 26, 22][a], [60, 26, 22][a]));
             assert_eq!(ms[1..], cs[1..]);
-            assert_eq!(b.ct, extract(&ct[0], cs, 8, &IDENTITY).0);
-            assert_eq!(b.mr, extract(&mr2[0], ms, 8, &IDENTITY).0);
+            assert_eq!(b.ct[..512], extract(&ct[0], cs, 8, &IDENTITY).0);
+            assert_eq!(b.mr[..512], extract(&mr2[0], ms, 8, &IDENTITY).0);
         }
     }
 

@@ -158,6 +158,22 @@ impl RlU2Net {
         }
     }
 
+    /// The plain encoder's features at the input of each RL-XAlign module (patch
+    /// embedding, then after stages 1–3), without any cross-modal fusion; `mr`
+    /// picks the MRI branch's encoder. For measuring alignment (the PPO reward).
+    pub fn level_features(&self, x: Tensor<5>, mr: bool) -> Vec<Tensor<5>> {
+        let enc = if mr { self.encoder_mr() } else { &self.encoder };
+        let mut x = enc.embed(x);
+        let mut out = Vec::with_capacity(4);
+        for l in 0..4 {
+            out.push(x.clone());
+            if l < 3 {
+                x = enc.stages[l].forward(x);
+            }
+        }
+        out
+    }
+
     /// θ of each RL-XAlign module.
     pub fn thetas(&self) -> Vec<Vec<f32>> {
         self.align.iter().map(|m| m.pose.theta_values()).collect()

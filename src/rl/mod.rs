@@ -38,6 +38,10 @@ pub struct PpoConfig {
     /// Weight of the entropy bonus (the exploration floor).
     pub entropy_coef: f64,
     pub critic_hidden: usize,
+    /// Advantage of each rotation relative to the mean reward of the rotations taken
+    /// in the same step (they share the state and the segmentation term of the reward,
+    /// so only their alignment terms tell them apart), instead of the TD advantage.
+    pub group_baseline: bool,
 }
 
 impl Default for PpoConfig {
@@ -52,6 +56,7 @@ impl Default for PpoConfig {
             lr_critic: 1e-3,
             entropy_coef: 0.01,
             critic_hidden: 64,
+            group_baseline: true,
         }
     }
 }
@@ -64,6 +69,9 @@ pub struct Transition {
     pub log_prob_old: f64,
     pub reward: f64,
     pub next_state: State,
+    /// Transitions recorded together (the k_sel rotations of one step) share a group.
+    #[serde(default)]
+    pub group: u64,
 }
 
 /// What one update did (the Figure 5(a) reward curve is `mean_reward` over updates).
@@ -184,6 +192,9 @@ pub struct PpoAgent {
     #[serde(with = "rng_serde")]
     rng: ChaCha8Rng,
     pub updates: u64,
+    /// Steps recorded so far (the group of the next transitions).
+    #[serde(default)]
+    groups: u64,
 }
 
 mod rng_serde {
@@ -221,6 +232,7 @@ impl PpoAgent {
             state: [0.0; STATE_DIM],
             rng,
             updates: 0,
+            groups: 0,
             config,
         }
     }
@@ -270,8 +282,10 @@ impl PpoAgent {
                 log_prob_old: lp as f64,
                 reward,
                 next_state,
+                group: self.groups,
             });
         }
+        self.groups += 1;
         self.state = next_state;
     }
 
@@ -295,11 +309,25 @@ impl PpoAgent {
             .iter()
             .map(|t| t.reward + cfg.gamma * self.critic.value(&t.next_state))
             .collect();
-        let mut adv: Vec<f64> = buf
-            .iter()
-            .zip(&targets)
-            .map(|(t, y)| y - self.critic.value(&t.state))
-            .collect();
+        let mut adv: Vec<f64> = if cfg.group_baseline {
+            let mut sums = std::collections::HashMap::<u64, (f64, f64)>::new();
+            for t in &buf {
+                let e = sums.entry(t.group).or_default();
+                e.0 += t.reward;
+                e.1 += 1.0;
+            }
+            buf.iter()
+                .map(|t| {
+                    let (s, c) = sums[&t.group];
+                    t.reward - s / c
+                })
+                .collect()
+        } else {
+            buf.iter()
+                .zip(&targets)
+                .map(|(t, y)| y - self.critic.value(&t.state))
+                .collect()
+        };
         let mean = adv.iter().sum::<f64>() / n as f64;
         let std = (adv.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
         for a in &mut adv {

@@ -283,18 +283,10 @@ impl Trainer<'_> {
             v_loss.is_finite(),
             "the loss became {v_loss} at step {step}; lower optim.lr"
         );
-        // the alignment reward of each rotation taken, from the modules' inputs
-        let sims: Vec<Vec<f64>> = out
-            .align
-            .iter()
-            .zip(&fixed)
-            .map(|(a, actions)| {
-                let (rots, _) = rotations_of(actions);
-                rots.iter()
-                    .map(|r| pose_similarity(&a.primary_ct, &a.input_mr, r))
-                    .collect()
-            })
-            .collect();
+        let sims = match (&batch.probe, batch.self_paired) {
+            (Some(probe), false) => self.probe_similarities(probe, &fixed),
+            _ => Vec::new(),
+        };
         let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
         let grad_norm = clip_global_norm(&self.model, &mut grads, cfg.optim.grad_clip_norm);
         self.model = self.optim.step(lr, self.model.clone(), grads);
@@ -329,6 +321,45 @@ impl Trainer<'_> {
             actions: fixed,
             grad_norm,
         })
+    }
+
+    /// The alignment term of the reward of each rotation each agent took: the
+    /// similarity (`pose_similarity`) of the plain encoder's CT and rotated MRI
+    /// features on the probe pair, averaged over the levels whose maps are at least
+    /// 4 voxels wide. The pose is one rotation, so every agent is scored on all
+    /// usable levels; no gradient flows.
+    fn probe_similarities(
+        &self,
+        probe: &(Vec<f32>, Vec<f32>),
+        actions: &[Vec<usize>],
+    ) -> Vec<Vec<f64>> {
+        let p = self.cfg.model.patch;
+        let model = self.model.valid();
+        let inner = self.device.clone().inner();
+        let f_ct = model.level_features(tensor5(&probe.0, 1, p, &inner), false);
+        let f_mr = model.level_features(tensor5(&probe.1, 1, p, &inner), true);
+        let usable: Vec<usize> = (0..f_ct.len())
+            .filter(|&l| f_ct[l].dims()[2] >= 4)
+            .collect();
+        let mut cache = std::collections::HashMap::new();
+        actions
+            .iter()
+            .map(|acts| {
+                let (rots, _) = rotations_of(acts);
+                acts.iter()
+                    .zip(&rots)
+                    .map(|(&a, r)| {
+                        *cache.entry(a).or_insert_with(|| {
+                            usable
+                                .iter()
+                                .map(|&l| pose_similarity(&f_ct[l], &f_mr[l], r))
+                                .sum::<f64>()
+                                / usable.len().max(1) as f64
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// Run PPO updates that are due; write θ back into the network.
@@ -509,6 +540,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSumm
             "dice_ct": r.dice[0], "dice_mr": r.dice[1], "ce_ct": r.ce[0], "ce_mr": r.ce[1],
             "align": r.align, "s_sim": r.s_sim, "reward": r.rewards, "lr": lr, "grad_norm": r.grad_norm,
             "actions": r.actions, "self_paired": batch.self_paired,
+            "seconds": t0.elapsed().as_secs_f64(),
         }))?;
         if let Some(n) = fitted_total(cfg, &t.state, loop_start, first_step, t0) {
             t.state.total_steps = Some(n);
@@ -551,6 +583,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSumm
                     save_checkpoint(&best_dir, &t.model, &t.optim, &t.agents, &t.state)?;
                 }
             }
+            line["seconds"] = t0.elapsed().as_secs_f64().into();
             metrics.write(&line)?;
             save_checkpoint(&last_dir, &t.model, &t.optim, &t.agents, &t.state)?;
             let report = alignment_report(&t.agents, pose.as_ref(), t.state.step);
