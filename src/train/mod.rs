@@ -5,6 +5,7 @@ pub mod alignment;
 mod clip;
 mod log;
 pub mod plots;
+pub mod reward;
 mod run;
 pub mod validate;
 

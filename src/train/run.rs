@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::alignment::alignment_report;
 use super::clip::clip_global_norm;
 use super::log::{Metrics, log_ppo, redraw_plots};
+use super::reward::rotation_scores;
 use super::validate::{nanmean, validate};
 use crate::checkpoint::{LoopState, load_checkpoint, save_checkpoint};
 use crate::config::TrainConfig;
@@ -26,7 +27,6 @@ use crate::infer::Predictor;
 use crate::io::header::header_grid;
 use crate::io::write_atomically;
 use crate::loss::{Agwd, align_loss, ce_loss, dice_loss, one_hot};
-use crate::model::pose_align::{pose_similarity, rotations_of};
 use crate::model::{ActionMode, RlU2Net};
 use crate::preprocess::cache::{PreparedCase, prepare_case};
 use crate::preprocess::plan::plan;
@@ -283,8 +283,15 @@ impl Trainer<'_> {
             v_loss.is_finite(),
             "the loss became {v_loss} at step {step}; lower optim.lr"
         );
-        let sims = match (&batch.probe, batch.self_paired) {
-            (Some(probe), false) => self.probe_similarities(probe, &fixed),
+        let sims: Vec<Vec<f64>> = match (&batch.probe, batch.self_paired) {
+            (Some(probe), false) => {
+                let inner = self.device.clone().inner();
+                let s = rotation_scores(&self.model.valid(), probe, p, &inner);
+                fixed
+                    .iter()
+                    .map(|acts| acts.iter().map(|&a| s[a]).collect())
+                    .collect()
+            }
             _ => Vec::new(),
         };
         let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
@@ -321,45 +328,6 @@ impl Trainer<'_> {
             actions: fixed,
             grad_norm,
         })
-    }
-
-    /// The alignment term of the reward of each rotation each agent took: the
-    /// similarity (`pose_similarity`) of the plain encoder's CT and rotated MRI
-    /// features on the probe pair, averaged over the levels whose maps are at least
-    /// 4 voxels wide. The pose is one rotation, so every agent is scored on all
-    /// usable levels; no gradient flows.
-    fn probe_similarities(
-        &self,
-        probe: &(Vec<f32>, Vec<f32>),
-        actions: &[Vec<usize>],
-    ) -> Vec<Vec<f64>> {
-        let p = self.cfg.model.patch;
-        let model = self.model.valid();
-        let inner = self.device.clone().inner();
-        let f_ct = model.level_features(tensor5(&probe.0, 1, p, &inner), false);
-        let f_mr = model.level_features(tensor5(&probe.1, 1, p, &inner), true);
-        let usable: Vec<usize> = (0..f_ct.len())
-            .filter(|&l| f_ct[l].dims()[2] >= 4)
-            .collect();
-        let mut cache = std::collections::HashMap::new();
-        actions
-            .iter()
-            .map(|acts| {
-                let (rots, _) = rotations_of(acts);
-                acts.iter()
-                    .zip(&rots)
-                    .map(|(&a, r)| {
-                        *cache.entry(a).or_insert_with(|| {
-                            usable
-                                .iter()
-                                .map(|&l| pose_similarity(&f_ct[l], &f_mr[l], r))
-                                .sum::<f64>()
-                                / usable.len().max(1) as f64
-                        })
-                    })
-                    .collect()
-            })
-            .collect()
     }
 
     /// Run PPO updates that are due; write θ back into the network.

@@ -1,0 +1,170 @@
+//! The 3D-convolution gradients of the CPU backend (patched burn-flex, see
+//! Cargo.toml) against a direct reference computed here by plain loops, for the fast
+//! path (stride 1) and the fallback (stride 2), forward pass included, plus a
+//! finite-difference check.
+
+use burn::tensor::module::conv3d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+
+struct Case {
+    x: [usize; 5],
+    w: [usize; 5],
+    stride: usize,
+    pad: usize,
+}
+
+fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().iter::<f32>().collect()
+}
+
+fn out_size(i: usize, k: usize, s: usize, p: usize) -> usize {
+    (i + 2 * p - k) / s + 1
+}
+
+/// Direct loops: (conv3d(x, w), ∂L/∂x, ∂L/∂w) of L = Σ conv3d(x, w) · r.
+fn reference(c: &Case, x: &[f32], w: &[f32], r: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let [n, ci, d, h, wd] = c.x;
+    let [co, _, kd, kh, kw] = c.w;
+    let (od, oh, ow) = (
+        out_size(d, kd, c.stride, c.pad),
+        out_size(h, kh, c.stride, c.pad),
+        out_size(wd, kw, c.stride, c.pad),
+    );
+    let xi = |b: usize, ch: usize, z: usize, y: usize, q: usize| {
+        (((b * ci + ch) * d + z) * h + y) * wd + q
+    };
+    let wi = |o: usize, ch: usize, a: usize, bb: usize, cc: usize| {
+        (((o * ci + ch) * kd + a) * kh + bb) * kw + cc
+    };
+    let ri = |b: usize, o: usize, z: usize, y: usize, q: usize| {
+        (((b * co + o) * od + z) * oh + y) * ow + q
+    };
+    let mut y = vec![0.0f64; r.len()];
+    let mut gx = vec![0.0f64; x.len()];
+    let mut gw = vec![0.0f64; w.len()];
+    for b in 0..n {
+        for o in 0..co {
+            for z in 0..od {
+                for y_ in 0..oh {
+                    for q in 0..ow {
+                        let g = r[ri(b, o, z, y_, q)] as f64;
+                        for ch in 0..ci {
+                            for a in 0..kd {
+                                for bb in 0..kh {
+                                    for cc in 0..kw {
+                                        let iz = (z * c.stride + a) as isize - c.pad as isize;
+                                        let iy = (y_ * c.stride + bb) as isize - c.pad as isize;
+                                        let iq = (q * c.stride + cc) as isize - c.pad as isize;
+                                        if iz < 0
+                                            || iy < 0
+                                            || iq < 0
+                                            || iz as usize >= d
+                                            || iy as usize >= h
+                                            || iq as usize >= wd
+                                        {
+                                            continue;
+                                        }
+                                        let xk = xi(b, ch, iz as usize, iy as usize, iq as usize);
+                                        let wk = wi(o, ch, a, bb, cc);
+                                        y[ri(b, o, z, y_, q)] += x[xk] as f64 * w[wk] as f64;
+                                        gx[xk] += g * w[wk] as f64;
+                                        gw[wk] += g * x[xk] as f64;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+    (f(y), f(gx), f(gw))
+}
+
+fn check(c: &Case) {
+    let dev = Device::flex().autodiff();
+    let x = Tensor::<5>::random(c.x, Distribution::Normal(0.0, 1.0), &dev).require_grad();
+    let w = Tensor::<5>::random(c.w, Distribution::Normal(0.0, 1.0), &dev).require_grad();
+    let opts = ConvOptions::new([c.stride; 3], [c.pad; 3], [1; 3], 1);
+    let y = conv3d(x.clone(), w.clone(), None, opts.clone());
+    let r = Tensor::<5>::random(y.dims(), Distribution::Normal(0.0, 1.0), &dev);
+    let yv = vals(y.clone());
+    let grads = (y * r.clone()).sum().backward();
+    let (gx, gw) = (vals(x.grad(&grads).unwrap()), vals(w.grad(&grads).unwrap()));
+    let (ry, rx, rw) = reference(c, &vals(x.clone()), &vals(w.clone()), &vals(r.clone()));
+    for (name, got, want) in [
+        ("y (forward)", &yv, &ry),
+        ("x", &gx, &rx),
+        ("weight", &gw, &rw),
+    ] {
+        assert_eq!(got.len(), want.len());
+        for (i, (a, b)) in got.iter().zip(want.iter()).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
+                "stride {} pad {} kernel {:?}: {name}[{i}] = {a}, reference {b}",
+                c.stride,
+                c.pad,
+                &c.w[2..]
+            );
+        }
+    }
+    // one finite difference on the weight, in f64 through the forward pass
+    let wv = vals(w.clone());
+    let eps = 1e-2f32;
+    let f = |v: Vec<f32>| -> f64 {
+        let wt = Tensor::<5>::from_data(TensorData::new(v, c.w), &dev);
+        let y = conv3d(x.clone().detach(), wt, None, opts.clone());
+        (y * r.clone()).sum().into_scalar::<f32>() as f64
+    };
+    let k = wv.len() / 2;
+    let (mut plus, mut minus) = (wv.clone(), wv.clone());
+    plus[k] += eps;
+    minus[k] -= eps;
+    let fd = (f(plus) - f(minus)) / (2.0 * eps as f64);
+    assert!(
+        (fd - gw[k] as f64).abs() < 2e-2 * (1.0 + fd.abs()),
+        "finite difference {fd} vs {}",
+        gw[k]
+    );
+}
+
+#[test]
+fn stride_one_gradients_match_the_direct_reference() {
+    check(&Case {
+        x: [2, 3, 5, 6, 4],
+        w: [4, 3, 3, 3, 3],
+        stride: 1,
+        pad: 1,
+    });
+    check(&Case {
+        x: [1, 2, 6, 5, 7],
+        w: [3, 2, 3, 3, 3],
+        stride: 1,
+        pad: 0,
+    });
+    check(&Case {
+        x: [2, 5, 4, 4, 4],
+        w: [6, 5, 1, 1, 1],
+        stride: 1,
+        pad: 0,
+    });
+    // more output positions than one column tile of the weight gradient
+    check(&Case {
+        x: [1, 2, 14, 13, 12],
+        w: [2, 2, 3, 3, 3],
+        stride: 1,
+        pad: 1,
+    });
+}
+
+#[test]
+fn strided_gradients_match_the_direct_reference() {
+    check(&Case {
+        x: [1, 3, 6, 6, 6],
+        w: [4, 3, 2, 2, 2],
+        stride: 2,
+        pad: 0,
+    });
+}

@@ -1,0 +1,292 @@
+//! rlu2net patch: 3D convolution and its gradients by im2col + GEMM, with the
+//! column matrix laid out kernel-offset-major so that it fills by contiguous runs.
+//!
+//! Upstream burn-flex 0.22.1 has no kernels of its own for `conv3d_x_backward` and
+//! `conv3d_weight_backward`, so burn-backend's generic fallbacks run: the input
+//! gradient as a direct-gather `conv_transpose3d`, and the weight gradient as a
+//! `conv3d` whose kernel is the whole output gradient; and its forward im2col fills
+//! one element at a time. For the common case (f32, stride 1, dilation 1, groups 1,
+//! symmetric padding p ≤ k − 1) this module computes
+//!
+//! - the forward pass as W · cols (cols = im2col of the input, K × T per tile);
+//! - the input gradient as the forward pass of the output gradient with the
+//!   spatially flipped, channel-swapped kernel and padding k − 1 − p (exact);
+//! - the weight gradient as Σ_n Σ_tiles G_n · colsᵀ, accumulated by GEMM.
+//!
+//! Every other case returns `None` and the caller takes upstream's path.
+
+use alloc::vec;
+use burn_backend::DType;
+use burn_backend::ops::ConvOptions;
+use burn_std::{Bytes, Shape};
+
+use crate::{FlexTensor, Layout};
+
+/// Output positions per column tile (rounded to whole output rows).
+const TILE: usize = 2048;
+
+/// Whether the fast path applies.
+fn applies(dtype: DType, w_shape: &[usize], options: &ConvOptions<3>) -> bool {
+    dtype == DType::F32
+        && options.stride == [1, 1, 1]
+        && options.dilation == [1, 1, 1]
+        && options.groups == 1
+        && !options.is_asymmetric()
+        && (0..3).all(|a| options.padding[a].0 < w_shape[2 + a])
+}
+
+/// The geometry of one stride-1 convolution.
+#[derive(Clone, Copy)]
+struct Geom {
+    ci: usize,
+    inp: [usize; 3],
+    out: [usize; 3],
+    k: [usize; 3],
+    p: [usize; 3],
+}
+
+impl Geom {
+    fn new(x_shape: &[usize], w_shape: &[usize], p: [usize; 3]) -> Geom {
+        let inp = [x_shape[2], x_shape[3], x_shape[4]];
+        let k = [w_shape[2], w_shape[3], w_shape[4]];
+        Geom {
+            ci: x_shape[1],
+            inp,
+            out: core::array::from_fn(|a| inp[a] + 2 * p[a] + 1 - k[a]),
+            k,
+            p,
+        }
+    }
+    fn k_cols(&self) -> usize {
+        self.ci * self.k[0] * self.k[1] * self.k[2]
+    }
+    fn spatial_out(&self) -> usize {
+        self.out[0] * self.out[1] * self.out[2]
+    }
+    /// Output rows (of `out[2]` positions) per tile.
+    fn rows_per_tile(&self) -> usize {
+        (TILE / self.out[2].max(1)).max(1)
+    }
+}
+
+/// Fill `cols` (K × t, row-major) with the im2col of one item's input `x` for the
+/// output positions `row0 * out[2] ..` (whole output rows): row (c, a, b, d) holds, for
+/// each position, the input voxel that kernel offset reads (0 in the padding).
+fn fill_columns(cols: &mut [f32], t: usize, x: &[f32], g: &Geom, row0: usize) {
+    let [d, h, w] = g.inp;
+    let [_, oh, ow] = g.out;
+    let [kd, kh, kw] = g.k;
+    let p = g.p;
+    let fill_row = |kk: usize, dst: &mut [f32]| {
+        let cc = kk % kw;
+        let bb = (kk / kw) % kh;
+        let a = (kk / (kw * kh)) % kd;
+        let c = kk / (kw * kh * kd);
+        let plane = &x[c * d * h * w..(c + 1) * d * h * w];
+        // the x range of output positions that read inside the input along w
+        let lo = p[2].saturating_sub(cc).min(ow);
+        let hi = (w + p[2]).saturating_sub(cc).min(ow).max(lo);
+        for (r, seg) in dst[..t].chunks_mut(ow).enumerate() {
+            let row = row0 + r;
+            let (z, y) = (row / oh, row % oh);
+            let iz = (z + a) as isize - p[0] as isize;
+            let iy = (y + bb) as isize - p[1] as isize;
+            if iz < 0 || iy < 0 || iz as usize >= d || iy as usize >= h {
+                seg.fill(0.0);
+                continue;
+            }
+            let base = (iz as usize * h + iy as usize) * w;
+            seg[..lo].fill(0.0);
+            let from = base + lo + cc - p[2];
+            seg[lo..hi].copy_from_slice(&plane[from..from + (hi - lo)]);
+            seg[hi..].fill(0.0);
+        }
+    };
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        cols.par_chunks_mut(t)
+            .enumerate()
+            .for_each(|(kk, dst)| fill_row(kk, dst));
+    }
+    #[cfg(not(feature = "rayon"))]
+    for (kk, dst) in cols.chunks_mut(t).enumerate() {
+        fill_row(kk, dst);
+    }
+}
+
+fn parallelism(work: usize) -> gemm::Parallelism {
+    #[cfg(feature = "rayon")]
+    if work >= 64 * 64 * 64 {
+        return gemm::Parallelism::Rayon(0);
+    }
+    let _ = work;
+    gemm::Parallelism::None
+}
+
+/// Visit each (item, tile) with its filled column matrix: `f(item, first position,
+/// positions, cols)`.
+fn for_each_tile(x: &[f32], n: usize, g: &Geom, mut f: impl FnMut(usize, usize, usize, &[f32])) {
+    let [d, h, w] = g.inp;
+    let item = g.ci * d * h * w;
+    let rows_total = g.out[0] * g.out[1];
+    let rpt = g.rows_per_tile();
+    let k_cols = g.k_cols();
+    let mut cols = vec![0.0f32; k_cols * rpt * g.out[2]];
+    for b in 0..n {
+        let xb = &x[b * item..(b + 1) * item];
+        let mut row0 = 0;
+        while row0 < rows_total {
+            let rows = rpt.min(rows_total - row0);
+            let t = rows * g.out[2];
+            let c = &mut cols[..k_cols * t];
+            fill_columns(c, t, xb, g, row0);
+            f(b, row0 * g.out[2], t, c);
+            row0 += rows;
+        }
+    }
+}
+
+/// `conv3d(x, weight) + bias` for the fast case.
+pub(crate) fn forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    options: &ConvOptions<3>,
+) -> Option<FlexTensor> {
+    let w_shape = weight.layout().shape().to_vec();
+    if !applies(x.dtype(), &w_shape, options) || weight.dtype() != DType::F32 {
+        return None;
+    }
+    if bias.is_some_and(|b| b.dtype() != DType::F32) {
+        return None;
+    }
+    let x = x.to_contiguous();
+    let weight = weight.to_contiguous();
+    let xs = x.layout().shape().to_vec();
+    let g = Geom::new(&xs, &w_shape, options.padding_begin());
+    let (n, co, k_cols, s_out) = (xs[0], w_shape[0], g.k_cols(), g.spatial_out());
+    let w_data: &[f32] = weight.storage();
+    let mut out = vec![0.0f32; n * co * s_out];
+    for_each_tile(x.storage(), n, &g, |b, start, t, cols| unsafe {
+        // out[b][co × t] = W[co × K] · cols[K × t]
+        gemm::gemm(
+            co,
+            t,
+            k_cols,
+            out.as_mut_ptr().add(b * co * s_out + start),
+            1,
+            s_out as isize,
+            false,
+            w_data.as_ptr(),
+            1,
+            k_cols as isize,
+            cols.as_ptr(),
+            1,
+            t as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism(co * t * k_cols),
+        );
+    });
+    if let Some(bias) = bias {
+        let bias = bias.to_contiguous();
+        let bv: &[f32] = bias.storage();
+        for (i, plane) in out.chunks_mut(s_out).enumerate() {
+            let v = bv[i % co];
+            plane.iter_mut().for_each(|o| *o += v);
+        }
+    }
+    Some(FlexTensor::new(
+        Bytes::from_elems(out),
+        Layout::contiguous(Shape::from(vec![n, co, g.out[0], g.out[1], g.out[2]])),
+        DType::F32,
+    ))
+}
+
+/// Gradient with respect to the input `x` of `conv3d(x, weight)`.
+pub(crate) fn x_backward(
+    x_dtype: DType,
+    weight: &FlexTensor,
+    output_grad: &FlexTensor,
+    options: &ConvOptions<3>,
+) -> Option<FlexTensor> {
+    let w_shape = weight.layout().shape().to_vec();
+    if !applies(x_dtype, &w_shape, options) || output_grad.dtype() != DType::F32 {
+        return None;
+    }
+    let (co, ci, kd, kh, kw) = (w_shape[0], w_shape[1], w_shape[2], w_shape[3], w_shape[4]);
+    let w = weight.to_contiguous();
+    let w_data: &[f32] = w.storage();
+    // w_t[ci, co, a, b, c] = w[co, ci, kd-1-a, kh-1-b, kw-1-c]
+    let mut wt = vec![0.0f32; w_data.len()];
+    let ks = kd * kh * kw;
+    for o in 0..co {
+        for i in 0..ci {
+            let src = &w_data[(o * ci + i) * ks..(o * ci + i + 1) * ks];
+            let dst = &mut wt[(i * co + o) * ks..(i * co + o + 1) * ks];
+            for (j, v) in dst.iter_mut().enumerate() {
+                *v = src[ks - 1 - j];
+            }
+        }
+    }
+    let wt = FlexTensor::new(
+        Bytes::from_elems(wt),
+        Layout::contiguous(Shape::from(vec![ci, co, kd, kh, kw])),
+        DType::F32,
+    );
+    let p = options.padding_begin();
+    let opts = ConvOptions::new([1, 1, 1], [kd - 1 - p[0], kh - 1 - p[1], kw - 1 - p[2]], [1, 1, 1], 1);
+    forward(output_grad, &wt, None, &opts)
+}
+
+/// Gradient with respect to `weight` of `conv3d(x, weight)`.
+pub(crate) fn weight_backward(
+    x: &FlexTensor,
+    w_shape: &[usize],
+    output_grad: &FlexTensor,
+    options: &ConvOptions<3>,
+) -> Option<FlexTensor> {
+    if !applies(x.dtype(), w_shape, options) || output_grad.dtype() != DType::F32 {
+        return None;
+    }
+    let x = x.to_contiguous();
+    let gr = output_grad.to_contiguous();
+    let xs = x.layout().shape().to_vec();
+    let g = Geom::new(&xs, w_shape, options.padding_begin());
+    let (n, co, k_cols, s_out) = (xs[0], w_shape[0], g.k_cols(), g.spatial_out());
+    let g_data: &[f32] = gr.storage();
+    let mut grad = vec![0.0f32; co * k_cols];
+    for_each_tile(x.storage(), n, &g, |b, start, t, cols| unsafe {
+        // grad[co × K] += G[co × t] · colsᵀ (cols is K × t)
+        gemm::gemm(
+            co,
+            k_cols,
+            t,
+            grad.as_mut_ptr(),
+            1,
+            k_cols as isize,
+            true,
+            g_data.as_ptr().add(b * co * s_out + start),
+            1,
+            s_out as isize,
+            cols.as_ptr(),
+            t as isize,
+            1,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism(co * t * k_cols),
+        );
+    });
+    Some(FlexTensor::new(
+        Bytes::from_elems(grad),
+        Layout::contiguous(Shape::from(vec![co, g.ci, w_shape[2], w_shape[3], w_shape[4]])),
+        DType::F32,
+    ))
+}
