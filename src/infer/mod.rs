@@ -31,7 +31,7 @@ pub struct Predictor {
     pub overlap: f64,
     pub batch: usize,
     pub tta: bool,
-    /// Keep only each structure's largest connected component.
+    /// Keep only the heart's largest connected body and each structure's largest component.
     pub keep_largest: bool,
 }
 
@@ -295,7 +295,7 @@ impl Predictor {
             best as u8
         });
         if self.keep_largest {
-            postprocess::keep_largest_components(&mut work_labels);
+            postprocess::clean_label_map(&mut work_labels);
         }
         let t = self.cfg.preprocess.spacing;
         let rs = primary.ras_shape;

@@ -1,8 +1,22 @@
-//! Post-processing of a label map (nnU-Net's): for each structure keep only its
-//! largest 26-connected component. The heart's structures are each one connected
-//! body, so every other island is a false positive, and a far one dominates HD95.
+//! Post-processing of a label map (nnU-Net's): keep only the largest 26-connected
+//! component of the foreground as a whole (the heart is one body), then of each
+//! structure. Every other island is a false positive, and a far one dominates HD95.
+//! The foreground pass comes first so that a large false blob away from the heart
+//! cannot win over a structure's true, smaller body.
 
 use ndarray::Array3;
+
+/// Keep the heart's largest connected body, then each structure's largest component.
+pub fn clean_label_map(labels: &mut Array3<u8>) {
+    let mut fg = labels.mapv(|c| u8::from(c > 0));
+    keep_largest_components(&mut fg);
+    labels.zip_mut_with(&fg, |l, &f| {
+        if f == 0 {
+            *l = 0;
+        }
+    });
+    keep_largest_components(labels);
+}
 
 /// Relabel every voxel of a structure outside that structure's largest component as
 /// background (0). Ties keep the component found first in memory order.
@@ -92,5 +106,43 @@ mod tests {
         let before = l.clone();
         keep_largest_components(&mut l);
         assert_eq!(l, before);
+    }
+
+    #[test]
+    fn a_large_false_blob_away_from_the_heart_loses_to_the_true_structure() {
+        let mut l = Array3::<u8>::zeros((12, 12, 12));
+        // the heart: a 4×4×4 body of class 1 with a 2×2×2 class-7 part touching it
+        for i in 2..6 {
+            for j in 2..6 {
+                for k in 2..6 {
+                    l[[i, j, k]] = 1;
+                }
+            }
+        }
+        for i in 6..8 {
+            for j in 2..4 {
+                for k in 2..4 {
+                    l[[i, j, k]] = 7;
+                }
+            }
+        }
+        let want = l.clone();
+        // a class-7 blob of 3×3×3 in a far corner: larger than the true class-7 part
+        for i in 9..12 {
+            for j in 9..12 {
+                for k in 9..12 {
+                    l[[i, j, k]] = 7;
+                }
+            }
+        }
+        let mut per_class = l.clone();
+        keep_largest_components(&mut per_class);
+        assert_eq!(
+            per_class[[7, 2, 2]],
+            0,
+            "per structure alone keeps the wrong blob"
+        );
+        clean_label_map(&mut l);
+        assert_eq!(l, want);
     }
 }

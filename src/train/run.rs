@@ -348,8 +348,10 @@ impl Trainer<'_> {
 }
 
 /// The steps of the run's schedule: the configuration's, or — under a time budget —
-/// fitted once the first `FIT_AFTER` steps are timed, so that the cosine decay
-/// ends when the budget does. The fitted value is part of the checkpointed state.
+/// fitted to the budget from the measured time per step (validations and checkpoints
+/// included): first once `FIT_AFTER` steps are timed, then again at every epoch end
+/// in the first half of the schedule, so that the cosine decay ends when the budget
+/// does. The fitted value is part of the checkpointed state.
 const FIT_AFTER: u64 = 20;
 
 fn fitted_total(
@@ -358,16 +360,26 @@ fn fitted_total(
     loop_start: Instant,
     first_step: u64,
     t0: Instant,
+    epoch_end: bool,
 ) -> Option<u64> {
-    if cfg.max_minutes <= 0.0 || state.total_steps.is_some() || state.step != first_step + FIT_AFTER
-    {
+    let done = state.step.saturating_sub(first_step);
+    let due = match state.total_steps {
+        None => done >= FIT_AFTER,
+        Some(total) => epoch_end && state.step < total / 2,
+    };
+    if cfg.max_minutes <= 0.0 || !due {
         return None;
     }
-    let per_step = loop_start.elapsed().as_secs_f64() / FIT_AFTER as f64;
+    let per_step = loop_start.elapsed().as_secs_f64() / done as f64;
     let left = cfg.max_minutes * 60.0 - t0.elapsed().as_secs_f64();
-    // validations and checkpoints take about a tenth of the time
-    let more = (left * 0.9 / per_step).max(0.0) as u64;
-    Some((state.step + more).min(cfg.total_steps()))
+    // the first fit has not seen a validation yet: keep a tenth of the time for them
+    let share = if state.total_steps.is_none() {
+        0.9
+    } else {
+        0.97
+    };
+    let more = (left * share / per_step).max(0.0) as u64;
+    Some((state.step + more).clamp(state.step + 1, cfg.total_steps()))
 }
 
 /// The validation line of an epoch: per-structure and mean Dice of both modalities.
@@ -510,10 +522,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSumm
             "actions": r.actions, "self_paired": batch.self_paired,
             "seconds": t0.elapsed().as_secs_f64(),
         }))?;
-        if let Some(n) = fitted_total(cfg, &t.state, loop_start, first_step, t0) {
-            t.state.total_steps = Some(n);
-            pb.set_length(n);
-        }
         pb.set_position(t.state.step);
         pb.set_message(format!(
             "loss {:.3} dice {:.3}/{:.3}",
@@ -522,11 +530,16 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSumm
             1.0 - r.dice[1]
         ));
 
+        let epoch_end = t.state.step.is_multiple_of(spe);
+        if let Some(n) = fitted_total(cfg, &t.state, loop_start, first_step, t0, epoch_end) {
+            t.state.total_steps = Some(n);
+            pb.set_length(n);
+        }
         let total = t.state.total_steps.unwrap_or(cfg.total_steps());
         let out_of_time = deadline.is_some_and(|d| t0.elapsed().as_secs_f64() > d)
             || opts.stop_after_steps.is_some_and(|n| t.state.step >= n);
         let finished = t.state.step >= total;
-        let epoch_end = t.state.step.is_multiple_of(spe) || finished;
+        let epoch_end = epoch_end || finished;
         if epoch_end || out_of_time {
             let epoch_done = t.state.step.div_ceil(spe);
             let mut line =
