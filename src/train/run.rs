@@ -520,7 +520,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSumm
             "dice_ct": r.dice[0], "dice_mr": r.dice[1], "ce_ct": r.ce[0], "ce_mr": r.ce[1],
             "align": r.align, "s_sim": r.s_sim, "reward": r.rewards, "lr": lr, "grad_norm": r.grad_norm,
             "actions": r.actions, "self_paired": batch.self_paired,
-            "seconds": t0.elapsed().as_secs_f64(),
         }))?;
         pb.set_position(t.state.step);
         pb.set_message(format!(
@@ -564,6 +563,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSumm
                     save_checkpoint(&best_dir, &t.model, &t.optim, &t.agents, &t.state)?;
                 }
             }
+            // wall-clock time only on epoch lines: step and PPO lines stay reproducible
             line["seconds"] = t0.elapsed().as_secs_f64().into();
             metrics.write(&line)?;
             save_checkpoint(&last_dir, &t.model, &t.optim, &t.agents, &t.state)?;
