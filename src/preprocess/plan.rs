@@ -54,7 +54,7 @@ pub fn plan(
             ))
         })
         .collect::<anyhow::Result<_>>()?;
-    let stats = fit_ct_stats(samples.concat(), &preprocess)?;
+    let stats = fit_ct_stats(samples.concat(), preprocess)?;
     write_atomically(
         &path,
         serde_json::to_string_pretty(&Plan {

@@ -193,14 +193,13 @@ fn save_load_continue_matches_an_uninterrupted_agent() {
     assert_eq!(a.act(4), b.act(4));
 }
 
-#[test]
-fn group_baseline_finds_the_best_rotation_under_shared_reward_noise() {
-    // each step takes 4 rotations; they share a large noise term (as the Dice term
-    // of the reward is shared), and rotation 11 earns 0.1 more than the others
-    let mut agent = PpoAgent::new(PpoConfig::default(), 5);
+/// Each step takes 4 rotations; they share a large noise term (as the Dice term of
+/// the reward is shared), and rotation 11 earns 0.1 more than the others.
+fn shared_noise_bandit(cfg: PpoConfig, updates: u64) -> PpoAgent {
+    let mut agent = PpoAgent::new(cfg, 5);
     let mut env = ChaCha8Rng::seed_from_u64(6);
     let shared = Normal::new(0.0, 1.0).unwrap();
-    while agent.updates < 40 {
+    while agent.updates < updates {
         let (a, lp) = agent.act(4);
         let s = shared.sample(&mut env);
         let r: Vec<f64> = a
@@ -210,26 +209,20 @@ fn group_baseline_finds_the_best_rotation_under_shared_reward_noise() {
         agent.record(&a, &lp, &r, [0.5, 0.5, 0.0]);
         agent.maybe_update();
     }
-    let p = agent.probabilities();
+    agent
+}
+
+#[test]
+fn group_baseline_finds_the_best_rotation_under_shared_reward_noise() {
+    let p = shared_noise_bandit(PpoConfig::default(), 40).probabilities();
     assert!(p[11] >= 0.5, "π(11) = {:.3}", p[11]);
     // without the group baseline the shared noise swamps the signal
-    let mut td = PpoAgent::new(
+    let td = shared_noise_bandit(
         PpoConfig {
             group_baseline: false,
             ..PpoConfig::default()
         },
-        5,
+        40,
     );
-    let mut env = ChaCha8Rng::seed_from_u64(6);
-    while td.updates < 40 {
-        let (a, lp) = td.act(4);
-        let s = shared.sample(&mut env);
-        let r: Vec<f64> = a
-            .iter()
-            .map(|&x| s + if x == 11 { 0.1 } else { 0.0 })
-            .collect();
-        td.record(&a, &lp, &r, [0.5, 0.5, 0.0]);
-        td.maybe_update();
-    }
     assert!(td.probabilities()[11] < p[11]);
 }
