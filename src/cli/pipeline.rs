@@ -248,7 +248,7 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
     println!("\nRL-U²Net demo — SynthWHS test cases (Dice %, HD95 mm)\n");
     println!("{}", report.table());
     eprintln!(
-        "done in {:.1} min. Everything is in {}: data/, run/ (checkpoints, metrics.jsonl, loss_curves.png, ppo_reward.png), predictions/, evaluation/ (report.md, report.json, overlays/)",
+        "done in {:.1} min. Everything is in {}: data/, run/ (checkpoints, metrics.jsonl, alignment.json, loss_curves.png, val_dice.png, ppo_reward.png, ppo_policy.png), predictions/, evaluation/ (report.md with the confusion matrices, report.json, overlays/)",
         t0.elapsed().as_secs_f64() / 60.0,
         a.out.display()
     );
