@@ -283,17 +283,9 @@ impl Predictor {
             primary_is_ct,
             progress,
         );
-        let (k, x, y, z) = probs.dim();
+        let (_, x, y, z) = probs.dim();
         // argmax on the working grid, then nearest back to the file's grid
-        let mut work_labels = Array3::from_shape_fn((x, y, z), |(i, j, l)| {
-            let mut best = 0;
-            for c in 1..k {
-                if probs[[c, i, j, l]] > probs[[best, i, j, l]] {
-                    best = c;
-                }
-            }
-            best as u8
-        });
+        let mut work_labels = argmax_labels(&probs);
         if self.keep_largest {
             postprocess::clean_label_map(&mut work_labels);
         }
@@ -319,6 +311,20 @@ impl Predictor {
             work_spacing: primary.work.spacing,
         }
     }
+}
+
+/// The class of highest probability at each voxel of `[K, X, Y, Z]`.
+pub fn argmax_labels(probs: &Array4<f32>) -> Array3<u8> {
+    let (k, x, y, z) = probs.dim();
+    Array3::from_shape_fn((x, y, z), |(i, j, l)| {
+        let mut best = 0;
+        for c in 1..k {
+            if probs[[c, i, j, l]] > probs[[best, i, j, l]] {
+                best = c;
+            }
+        }
+        best as u8
+    })
 }
 
 /// Write a prediction (and optionally its probabilities as `<name>_probabilities.nii.gz`,

@@ -283,8 +283,9 @@ impl Trainer<'_> {
             v_loss.is_finite(),
             "the loss became {v_loss} at step {step}; lower optim.lr"
         );
+        // no agents (`no_rl_xalign`), no probe pass
         let sims: Vec<Vec<f64>> = match (&batch.probe, batch.self_paired) {
-            (Some(probe), false) => {
+            (Some(probe), false) if !self.agents.is_empty() => {
                 let inner = self.device.clone().inner();
                 let s = rotation_scores(&self.model.valid(), probe, p, &inner);
                 fixed
@@ -299,24 +300,18 @@ impl Trainer<'_> {
         self.model = self.optim.step(lr, self.model.clone(), grads);
 
         let l_dice_mean = (dice[0] + dice[1]) / 2.0;
+        let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
         let mut rewards = Vec::with_capacity(sims.len());
         for (m, s) in sims.iter().enumerate() {
             let r: Vec<f64> = s.iter().map(|x| (1.0 - l_dice_mean) + x).collect();
-            let mean_sim = s.iter().sum::<f64>() / s.len().max(1) as f64;
-            self.agents[m].record(
-                &acts[m].0,
-                &acts[m].1,
-                &r,
-                [1.0 - l_dice_mean, mean_sim, progress_frac],
-            );
+            let state = [1.0 - l_dice_mean, mean(s), progress_frac];
+            self.agents[m].record(&acts[m].0, &acts[m].1, &r, state);
             rewards.push(r);
         }
-        let s_sim = if batch.self_paired {
+        let s_sim = if sims.is_empty() {
             vec![f64::NAN; self.agents.len()]
         } else {
-            sims.iter()
-                .map(|s| s.iter().sum::<f64>() / s.len().max(1) as f64)
-                .collect()
+            sims.iter().map(|s| mean(s)).collect()
         };
         Ok(StepResult {
             loss: v_loss,

@@ -2,9 +2,7 @@
 //! the cross-modal Gaussian sliding window over each whole volume, Dice on the
 //! working grid. The best checkpoint is chosen by it.
 
-use ndarray::Array4;
-
-use crate::infer::Predictor;
+use crate::infer::{Predictor, argmax_labels};
 use crate::preprocess::cache::PreparedCase;
 
 /// Per-structure Dice of class maps (hard), structures absent from both skipped (NaN).
@@ -32,26 +30,6 @@ pub fn hard_dice<'a>(
     })
 }
 
-/// The class of highest probability at each voxel of `[K, X, Y, Z]`.
-pub fn argmax_classes(probs: &Array4<f32>) -> Vec<u8> {
-    let (k, x, y, z) = probs.dim();
-    let mut out = Vec::with_capacity(x * y * z);
-    for i in 0..x {
-        for j in 0..y {
-            for l in 0..z {
-                let mut best = 0;
-                for c in 1..k {
-                    if probs[[c, i, j, l]] > probs[[best, i, j, l]] {
-                        best = c;
-                    }
-                }
-                out.push(best as u8);
-            }
-        }
-    }
-    out
-}
-
 /// Mean Dice per structure over the validation volumes, CT and MRI: each volume
 /// is predicted whole, paired with its partner of the same index as `infer` pairs
 /// a test folder.
@@ -64,7 +42,7 @@ pub fn validate(p: &Predictor, ct: &[PreparedCase], mr: &[PreparedCase]) -> ([f6
             let Some(truth) = &case.labels else { continue };
             let partner = other.get(i).map(|o| &o.image.data);
             let probs = p.probabilities(&case.image.data, partner, is_ct, &hidden);
-            let d = hard_dice(&argmax_classes(&probs), truth.data.iter());
+            let d = hard_dice(argmax_labels(&probs).iter(), truth.data.iter());
             for s in 0..7 {
                 if d[s].is_finite() {
                     sums[k][s] += d[s];
@@ -112,10 +90,13 @@ mod tests {
 
     #[test]
     fn argmax_picks_the_largest_class() {
-        let mut p = Array4::<f32>::zeros((3, 1, 1, 2));
+        let mut p = ndarray::Array4::<f32>::zeros((3, 1, 1, 2));
         p[[2, 0, 0, 0]] = 0.7;
         p[[0, 0, 0, 0]] = 0.3;
         p[[1, 0, 0, 1]] = 0.9;
-        assert_eq!(argmax_classes(&p), vec![2, 1]);
+        assert_eq!(
+            argmax_labels(&p).iter().copied().collect::<Vec<u8>>(),
+            vec![2, 1]
+        );
     }
 }
