@@ -22,8 +22,11 @@ use burn_std::{Bytes, Shape};
 
 use crate::{FlexTensor, Layout};
 
-/// Output positions per column tile (rounded to whole output rows).
-const TILE: usize = 2048;
+/// Column-matrix elements per tile (K × positions): about 1 MiB of f32, so a tile's
+/// columns stay in the L2 cache while its GEMM runs.
+const TILE_ELEMS: usize = 1 << 18;
+/// Fewest output positions per tile (GEMM efficiency).
+const TILE_MIN: usize = 256;
 
 /// Whether the fast path applies.
 fn applies(dtype: DType, w_shape: &[usize], options: &ConvOptions<3>) -> bool {
@@ -65,7 +68,8 @@ impl Geom {
     }
     /// Output rows (of `out[2]` positions) per tile.
     fn rows_per_tile(&self) -> usize {
-        (TILE / self.out[2].max(1)).max(1)
+        let positions = (TILE_ELEMS / self.k_cols().max(1)).max(TILE_MIN);
+        (positions / self.out[2].max(1)).max(1)
     }
 }
 
@@ -102,50 +106,93 @@ fn fill_columns(cols: &mut [f32], t: usize, x: &[f32], g: &Geom, row0: usize) {
             seg[hi..].fill(0.0);
         }
     };
-    #[cfg(feature = "rayon")]
-    {
-        use rayon::prelude::*;
-        cols.par_chunks_mut(t)
-            .enumerate()
-            .for_each(|(kk, dst)| fill_row(kk, dst));
-    }
-    #[cfg(not(feature = "rayon"))]
     for (kk, dst) in cols.chunks_mut(t).enumerate() {
         fill_row(kk, dst);
     }
 }
 
-fn parallelism(work: usize) -> gemm::Parallelism {
-    #[cfg(feature = "rayon")]
-    if work >= 64 * 64 * 64 {
-        return gemm::Parallelism::Rayon(0);
-    }
-    let _ = work;
-    gemm::Parallelism::None
+/// One column tile: item `b`, output rows `row0 .. row0 + rows` (of `out[2]` positions).
+#[derive(Clone, Copy)]
+struct Tile {
+    b: usize,
+    row0: usize,
+    rows: usize,
 }
 
-/// Visit each (item, tile) with its filled column matrix: `f(item, first position,
-/// positions, cols)`.
-fn for_each_tile(x: &[f32], n: usize, g: &Geom, mut f: impl FnMut(usize, usize, usize, &[f32])) {
-    let [d, h, w] = g.inp;
-    let item = g.ci * d * h * w;
+fn tiles(n: usize, g: &Geom) -> Vec<Tile> {
     let rows_total = g.out[0] * g.out[1];
     let rpt = g.rows_per_tile();
-    let k_cols = g.k_cols();
-    let mut cols = vec![0.0f32; k_cols * rpt * g.out[2]];
+    let mut v = Vec::new();
     for b in 0..n {
-        let xb = &x[b * item..(b + 1) * item];
         let mut row0 = 0;
         while row0 < rows_total {
             let rows = rpt.min(rows_total - row0);
-            let t = rows * g.out[2];
-            let c = &mut cols[..k_cols * t];
-            fill_columns(c, t, xb, g, row0);
-            f(b, row0 * g.out[2], t, c);
+            v.push(Tile { b, row0, rows });
             row0 += rows;
         }
     }
+    v
 }
+
+/// Visit every tile with its filled column matrix, `f(tile, first position,
+/// positions, cols, acc)`, where `acc` is a zeroed accumulator of `acc_len` values
+/// private to the worker. Tiles run in parallel (each worker fills its own columns and
+/// runs a single-threaded GEMM); the accumulators are summed and returned.
+fn map_tiles(
+    x: &[f32],
+    n: usize,
+    g: &Geom,
+    acc_len: usize,
+    f: impl Fn(Tile, usize, usize, &[f32], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let [d, h, w] = g.inp;
+    let item = g.ci * d * h * w;
+    let k_cols = g.k_cols();
+    let cap = k_cols * g.rows_per_tile() * g.out[2];
+    let run = |cols: &mut Vec<f32>, acc: &mut [f32], tile: Tile| {
+        let t = tile.rows * g.out[2];
+        let c = &mut cols[..k_cols * t];
+        fill_columns(c, t, &x[tile.b * item..(tile.b + 1) * item], g, tile.row0);
+        f(tile, tile.row0 * g.out[2], t, c, acc);
+    };
+    let all = tiles(n, g);
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        all.par_iter()
+            .with_min_len(1)
+            .fold(
+                || (vec![0.0f32; cap], vec![0.0f32; acc_len]),
+                |(mut cols, mut acc), &tile| {
+                    run(&mut cols, &mut acc, tile);
+                    (cols, acc)
+                },
+            )
+            .map(|(_, acc)| acc)
+            .reduce(
+                || vec![0.0f32; acc_len],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            )
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        let mut cols = vec![0.0f32; cap];
+        let mut acc = vec![0.0f32; acc_len];
+        for tile in all {
+            run(&mut cols, &mut acc, tile);
+        }
+        acc
+    }
+}
+
+/// A raw output pointer that workers write disjoint parts of.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
 
 /// `conv3d(x, weight) + bias` for the fast case.
 pub(crate) fn forward(
@@ -168,13 +215,15 @@ pub(crate) fn forward(
     let (n, co, k_cols, s_out) = (xs[0], w_shape[0], g.k_cols(), g.spatial_out());
     let w_data: &[f32] = weight.storage();
     let mut out = vec![0.0f32; n * co * s_out];
-    for_each_tile(x.storage(), n, &g, |b, start, t, cols| unsafe {
-        // out[b][co × t] = W[co × K] · cols[K × t]
+    let dst = OutPtr(out.as_mut_ptr());
+    map_tiles(x.storage(), n, &g, 0, |tile, start, t, cols, _| unsafe {
+        // out[b][co × t] = W[co × K] · cols[K × t]; tiles write disjoint columns
+        let dst = dst;
         gemm::gemm(
             co,
             t,
             k_cols,
-            out.as_mut_ptr().add(b * co * s_out + start),
+            dst.0.add(tile.b * co * s_out + start),
             1,
             s_out as isize,
             false,
@@ -189,7 +238,7 @@ pub(crate) fn forward(
             false,
             false,
             false,
-            parallelism(co * t * k_cols),
+            gemm::Parallelism::None,
         );
     });
     if let Some(bias) = bias {
@@ -259,18 +308,17 @@ pub(crate) fn weight_backward(
     let g = Geom::new(&xs, w_shape, options.padding_begin());
     let (n, co, k_cols, s_out) = (xs[0], w_shape[0], g.k_cols(), g.spatial_out());
     let g_data: &[f32] = gr.storage();
-    let mut grad = vec![0.0f32; co * k_cols];
-    for_each_tile(x.storage(), n, &g, |b, start, t, cols| unsafe {
-        // grad[co × K] += G[co × t] · colsᵀ (cols is K × t)
+    let grad = map_tiles(x.storage(), n, &g, co * k_cols, |tile, start, t, cols, acc| unsafe {
+        // acc[co × K] += G[co × t] · colsᵀ (cols is K × t)
         gemm::gemm(
             co,
             k_cols,
             t,
-            grad.as_mut_ptr(),
+            acc.as_mut_ptr(),
             1,
             k_cols as isize,
             true,
-            g_data.as_ptr().add(b * co * s_out + start),
+            g_data.as_ptr().add(tile.b * co * s_out + start),
             1,
             s_out as isize,
             cols.as_ptr(),
@@ -281,7 +329,7 @@ pub(crate) fn weight_backward(
             false,
             false,
             false,
-            parallelism(co * t * k_cols),
+            gemm::Parallelism::None,
         );
     });
     Some(FlexTensor::new(
