@@ -47,7 +47,33 @@ pub fn save_checkpoint(
     let tmp = parent.join(format!(".{name}.partial"));
     let old = parent.join(format!(".{name}.old"));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
+    let written = write_files(&tmp, model, optim, agents, state);
+    if let Err(e) = written {
+        // a full disk or a read-only folder: leave nothing behind, keep the old checkpoint
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e.context(format!(
+            "{}: cannot write the checkpoint (the previous one is kept)",
+            dir.display()
+        )));
+    }
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(dir, &old)?;
+    }
+    // a crash here leaves only `.old`: `resolve` reads it
+    std::fs::rename(&tmp, dir)?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+fn write_files(
+    tmp: &Path,
+    model: &RlU2Net,
+    optim: &ModuleOptimizer,
+    agents: &[PpoAgent],
+    state: &LoopState,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(tmp)?;
     let model_bytes = model
         .clone()
         .into_record()
@@ -66,25 +92,50 @@ pub fn save_checkpoint(
         tmp.join("agents.json"),
         serde_json::to_string(&agents_json)?,
     )?;
+    // state.json last: a folder with it is complete
     std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
-    let _ = std::fs::remove_dir_all(&old);
-    if dir.exists() {
-        std::fs::rename(dir, &old)?;
-    }
-    std::fs::rename(&tmp, dir)?;
-    let _ = std::fs::remove_dir_all(&old);
     Ok(())
+}
+
+/// The checkpoint folder to read: `dir`, or the `.old` copy a crash between the two
+/// renames of [`save_checkpoint`] left behind.
+pub fn resolve(dir: &Path) -> std::path::PathBuf {
+    if dir.join("state.json").exists() {
+        return dir.to_path_buf();
+    }
+    match (dir.parent(), dir.file_name()) {
+        (Some(parent), Some(name)) => {
+            let old = parent.join(format!(".{}.old", name.to_string_lossy()));
+            if old.join("state.json").exists() {
+                old
+            } else {
+                dir.to_path_buf()
+            }
+        }
+        _ => dir.to_path_buf(),
+    }
 }
 
 /// Load a model's weights from a checkpoint folder.
 pub fn load_model(dir: &Path, model: RlU2Net) -> anyhow::Result<RlU2Net> {
-    let path = dir.join("model.bpk");
-    let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
-        .map_err(|e| anyhow::anyhow!("{}: not a model checkpoint: {e:?}", path.display()))?;
-    model.try_load_record(record).map_err(|e| {
+    let path = resolve(dir).join("model.bpk");
+    let bytes = std::fs::read(&path).map_err(|e| {
         anyhow::anyhow!(
-            "{}: does not fit this model configuration: {e:?}",
+            "{}: cannot read ({e}); is this a run folder written by `rlu2net train`?",
+            path.display()
+        )
+    })?;
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|_| {
+        anyhow::anyhow!(
+            "{}: not a readable model checkpoint (truncated or damaged); use another checkpoint (checkpoints/best or checkpoints/last) or train again",
+            path.display()
+        )
+    })?;
+    model.try_load_record(record).map_err(|e| {
+        let first = format!("{e:?}");
+        let first = first.lines().next().unwrap_or("").chars().take(160).collect::<String>();
+        anyhow::anyhow!(
+            "{}: the weights do not fit the run's config.toml (another preset or model settings?): {first}; keep each checkpoints/ folder with the config.toml it was trained with",
             path.display()
         )
     })
@@ -96,12 +147,23 @@ pub fn load_checkpoint(
     optim: ModuleOptimizer,
 ) -> anyhow::Result<(RlU2Net, ModuleOptimizer, Vec<PpoAgent>, LoopState)> {
     let model = load_model(dir, model)?;
-    let ob = std::fs::read(dir.join("optimizer.bpk"))?;
+    let dir = resolve(dir);
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read(&p).map_err(|e| anyhow::anyhow!("{}: cannot read ({e})", p.display()))
+    };
+    let damaged = |name: &str| {
+        format!(
+            "{}: damaged; resume from another checkpoint or train again",
+            dir.join(name).display()
+        )
+    };
     let optim = optim
-        .from_bytes(Bytes::from_bytes_vec(ob))
-        .map_err(|e| anyhow::anyhow!("{}: optimiser state: {e:?}", dir.display()))?;
+        .from_bytes(Bytes::from_bytes_vec(read("optimizer.bpk")?))
+        .map_err(|_| anyhow::anyhow!(damaged("optimizer.bpk")))?;
     let agents: Vec<PpoAgent> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("agents.json"))?)?;
-    let state: LoopState = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)?;
+        serde_json::from_slice(&read("agents.json")?).with_context(|| damaged("agents.json"))?;
+    let state: LoopState =
+        serde_json::from_slice(&read("state.json")?).with_context(|| damaged("state.json"))?;
     Ok((model, optim, agents, state))
 }

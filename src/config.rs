@@ -117,7 +117,14 @@ impl TrainConfig {
 
     /// A preset overlaid with a TOML document; any unknown key is an error.
     pub fn from_toml(text: &str, preset: Option<Preset>) -> anyhow::Result<TrainConfig> {
-        let user: toml::Table = toml::from_str(text)?;
+        let user: toml::Table = toml::from_str(text).map_err(|e| {
+            // one line: the message and where, without the multi-line snippet
+            let line = e
+                .span()
+                .map(|r| text[..r.start.min(text.len())].lines().count().max(1))
+                .map_or(String::new(), |l| format!(" (line {l})"));
+            anyhow::anyhow!("not valid TOML: {}{line}", e.message().trim())
+        })?;
         let base_preset = match (preset, user.get("preset")) {
             (Some(p), _) => p,
             (None, Some(v)) => toml::Value::try_into::<Preset>(v.clone())
@@ -125,7 +132,7 @@ impl TrainConfig {
             (None, None) => Preset::Cpu,
         };
         let mut base = toml::Table::try_from(TrainConfig::preset(base_preset))?;
-        merge(&mut base, user);
+        merge(&mut base, user, "")?;
         base.insert("preset".into(), toml::Value::try_from(base_preset)?);
         let cfg: TrainConfig = toml::Value::Table(base).try_into()?;
         cfg.model.validate()?;
@@ -141,15 +148,32 @@ impl TrainConfig {
     }
 }
 
-fn merge(base: &mut toml::Table, user: toml::Table) {
+/// Overlay `user` on `base`; a key `base` does not have is an error naming it and
+/// the keys that exist there.
+fn merge(base: &mut toml::Table, user: toml::Table, path: &str) -> anyhow::Result<()> {
     for (k, v) in user {
+        let full = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        // optional settings (None in the preset) are absent from `base`
+        let optional = path.is_empty() && k == "pairing";
         match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(u)) => merge(b, u),
+            (Some(toml::Value::Table(b)), toml::Value::Table(u)) => merge(b, u, &full)?,
+            (None, _) if !optional => {
+                let known: Vec<&str> = base.keys().map(|s| s.as_str()).collect();
+                anyhow::bail!(
+                    "unknown setting `{full}`; remove it or correct its spelling (settings here: {})",
+                    known.join(", ")
+                );
+            }
             (_, v) => {
                 base.insert(k, v);
             }
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

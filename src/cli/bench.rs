@@ -119,6 +119,26 @@ fn model(a: BenchArgs) -> anyhow::Result<()> {
         sync(&ad);
     });
     println!("forward + backward (training, sampled rotations): median {m:.0} ms, runs {all:.0?}");
+    // the reference's `train` phase: forward, backward and one AdamW step
+    let mut net = Some(net);
+    let mut optim = burn::optim::AdamWConfig::new().init();
+    let (m, all) = median_ms(a.runs, || {
+        let model = net.take().expect("model");
+        let out = model.forward(ct.clone(), mr.clone(), &mut ActionMode::Sample(&mut rng));
+        let loss = out.logits_ct.sum() + out.logits_mr.sum();
+        let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &model);
+        let model = optim.step(1e-4, model, grads);
+        let _ = model
+            .decoder_ct
+            .head
+            .weight
+            .val()
+            .sum()
+            .into_scalar::<f32>();
+        sync(&ad);
+        net = Some(model);
+    });
+    println!("training step (forward + backward + AdamW): median {m:.0} ms, runs {all:.0?}");
     Ok(())
 }
 

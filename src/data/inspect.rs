@@ -53,7 +53,7 @@ impl CaseSummary {
 /// Read a case's image (and label) and summarise it.
 pub fn inspect_case(case: &Case) -> anyhow::Result<CaseSummary> {
     let (img, info) = read_nifti::<f32>(&case.image)?;
-    let mut problems = Vec::new();
+    let mut problems: Vec<String> = info.scaling_note.iter().cloned().collect();
     let structures = match &case.label {
         None => None,
         Some(lp) => {

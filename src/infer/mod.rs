@@ -78,7 +78,7 @@ impl Predictor {
         let ck = ["best", "last"]
             .iter()
             .map(|n| run.join("checkpoints").join(n))
-            .find(|p| p.join("model.bpk").exists())
+            .find(|p| crate::checkpoint::resolve(p).join("model.bpk").exists())
             .with_context(|| {
                 format!(
                     "{}: no checkpoint (checkpoints/best or checkpoints/last)",

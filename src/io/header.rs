@@ -7,8 +7,7 @@ use anyhow::Context;
 /// Shape and spacing from a NIfTI header alone (decompressing only its first bytes).
 pub fn header_grid(path: &Path) -> anyhow::Result<([usize; 3], [f64; 3])> {
     use std::io::Read;
-    let f =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let f = super::nifti::open_regular(path)?;
     let mut head = Vec::with_capacity(352);
     let mut magic = [0u8; 2];
     let mut r = std::io::BufReader::new(f);

@@ -156,11 +156,18 @@ pub fn discover(root: &Path) -> anyhow::Result<Dataset> {
                 match parse_file_name(&name) {
                     Some((fm, fs, id, is_label)) if fm == m && fs == s => {
                         let e = found.entry((m, s, id)).or_default();
-                        if is_label {
-                            e.1 = Some(dir.join(&name));
-                        } else {
-                            e.0 = Some(dir.join(&name));
+                        let slot = if is_label { &mut e.1 } else { &mut e.0 };
+                        let path = dir.join(&name);
+                        if let Some(first) = slot {
+                            anyhow::bail!(
+                                "{} and {}: two files for the same {} of case {}; keep one of them",
+                                first.display(),
+                                path.display(),
+                                if is_label { "label" } else { "image" },
+                                case_name(m, s, id)
+                            );
                         }
+                        *slot = Some(path);
                     }
                     Some(_) => warnings.push(format!(
                         "{}: file name says another modality or split than its folder; skipped",
@@ -245,5 +252,23 @@ mod tests {
         assert_eq!(ds.cases[2].modality, Modality::Mr);
         assert_eq!(ds.warnings.len(), 1, "{:?}", ds.warnings);
         assert!(discover(&d.path().join("nope")).is_err());
+    }
+
+    #[test]
+    fn two_files_for_one_case_are_an_error_naming_both() {
+        for (a, b) in [
+            ("ct_train_1001_image.nii", "ct_train_1001_image.nii.gz"),
+            ("ct_train_1001_image.nii.gz", "ct_train_01001_image.nii.gz"),
+            ("ct_train_1001_label.nii.gz", "ct_train_01001_label.nii"),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            let ct = d.path().join("ct_train");
+            std::fs::create_dir_all(&ct).unwrap();
+            std::fs::write(ct.join(a), b"x").unwrap();
+            std::fs::write(ct.join(b), b"x").unwrap();
+            let e = discover(d.path()).unwrap_err().to_string();
+            assert!(e.contains(a) && e.contains(b), "{e}");
+            assert!(e.contains("ct_train_1001"), "{e}");
+        }
     }
 }

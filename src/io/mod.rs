@@ -236,6 +236,98 @@ mod tests {
     }
 
     #[test]
+    fn absurd_vox_offset_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ok = valid_bytes(d);
+        for (name, v) in [
+            ("huge.nii", 1.8e19f32),
+            ("inf.nii", f32::INFINITY),
+            ("nan.nii", f32::NAN),
+            ("small.nii", 12.0),
+        ] {
+            let mut b = ok.clone();
+            set_f32(&mut b, 108, v); // vox_offset
+            expect_error(d, name, &b, "vox_offset");
+        }
+        // just beyond the file's end
+        let mut b = ok.clone();
+        set_f32(&mut b, 108, 1.0e6);
+        expect_error(d, "far.nii", &b, "truncated");
+    }
+
+    #[test]
+    fn bad_scaling_means_no_scaling_as_in_nibabel() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = valid_bytes(dir.path());
+        let (plain, _) = read_nifti_bytes::<f32>(&ok, Path::new("ok.nii")).unwrap();
+        for (slope, inter) in [
+            (f32::NAN, 0.0),
+            (f32::INFINITY, 3.0),
+            (0.0, 7.0),
+            (f32::NEG_INFINITY, f32::NAN),
+        ] {
+            let mut b = ok.clone();
+            set_f32(&mut b, 112, slope);
+            set_f32(&mut b, 116, inter);
+            let (v, info) = read_nifti_bytes::<f32>(&b, Path::new("s.nii")).unwrap();
+            assert_eq!(v.data, plain.data, "slope {slope} inter {inter}");
+            assert_eq!((info.scl_slope, info.scl_inter), (0.0, 0.0));
+        }
+        // a finite slope with a NaN intercept: the slope applies, the intercept is 0
+        let mut b = ok.clone();
+        set_f32(&mut b, 112, 2.0);
+        set_f32(&mut b, 116, f32::NAN);
+        let (v, _) = read_nifti_bytes::<f32>(&b, Path::new("s.nii")).unwrap();
+        assert_eq!(v.data, plain.data.map(|x| 2.0 * x));
+    }
+
+    #[test]
+    fn non_finite_voxels_are_an_error_with_count_and_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let data = Array3::from_shape_fn((4, 4, 4), |(i, j, k)| match (i, j, k) {
+            (1, 2, 3) => f32::NAN,
+            (3, 0, 0) => f32::INFINITY,
+            _ => 1.0,
+        });
+        let p = d.join("nan.nii.gz");
+        write_nifti(&p, &Volume::with_spacing(data, [1.0; 3]), DType::Float32).unwrap();
+        let e = read_nifti::<f32>(&p).unwrap_err().to_string();
+        assert!(e.contains("nan.nii.gz") && e.contains("2 voxel"), "{e}");
+        assert!(e.contains("[1, 2, 3]"), "{e}");
+        // a huge slope turns finite voxels into infinities
+        let ok = valid_bytes(d);
+        let mut b = ok.clone();
+        set_f32(&mut b, 112, 3.0e38);
+        expect_error(d, "overflow.nii", &b, "infinite");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fifos_and_devices_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe_image.nii.gz");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if made {
+            let e = read_nifti::<f32>(&fifo).unwrap_err().to_string();
+            assert!(e.contains("pipe_image.nii.gz") && e.contains("FIFO"), "{e}");
+            let e = header::header_grid(&fifo).unwrap_err().to_string();
+            assert!(e.contains("FIFO"), "{e}");
+        }
+        let link = dir.path().join("zero.nii");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let e = read_nifti::<f32>(&link).unwrap_err().to_string();
+        assert!(e.contains("zero.nii") && e.contains("device"), "{e}");
+        let e = read_nifti::<f32>(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("folder"), "{e}");
+    }
+
+    #[test]
     fn random_bytes_never_panic() {
         use rand::{Rng, SeedableRng};
         let dir = tempfile::tempdir().unwrap();

@@ -101,23 +101,79 @@ pub struct NiftiInfo {
     pub dtype: DType,
     /// "sform", "qform" or "pixdim": where the affine came from.
     pub affine_source: &'static str,
+    /// The scaling applied ([`effective_scaling`]: slope 0 = none).
     pub scl_slope: f32,
     pub scl_inter: f32,
+    /// Set when the header's scaling was unusable and replaced (what and why).
+    pub scaling_note: Option<String>,
 }
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
+/// The most voxel data one file may declare (bytes). A header asking for more is
+/// rejected before anything is allocated for it.
+pub const MAX_VOXEL_BYTES: u64 = 16 << 30;
+
+/// Trailing compressed data read after the voxels only to check the gzip stream's
+/// checksum (a bound, so a gzip bomb after valid voxels cannot exhaust memory or time).
+const MAX_TRAILING_BYTES: u64 = 64 << 20;
+
+/// Open `path` for reading if it is a regular file (after following links). A FIFO
+/// would block forever and a character device (e.g. a link to `/dev/zero`) would
+/// be read without end, so both are refused by their type, before opening.
+pub fn open_regular(path: &Path) -> Result<std::fs::File, VolumeError> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        VolumeError::new(
+            path,
+            match e.kind() {
+                std::io::ErrorKind::NotFound => "file not found".to_string(),
+                _ => format!("cannot read file: {e}"),
+            },
+        )
+    })?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let what = if ft.is_dir() {
+            "a folder"
+        } else if is_fifo(&ft) {
+            "a FIFO (named pipe)"
+        } else if is_device(&ft) {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        return Err(VolumeError::new(
+            path,
+            format!("{what}, not a regular file: only regular files are read"),
+        ));
+    }
+    std::fs::File::open(path).map_err(|e| VolumeError::new(path, format!("cannot read file: {e}")))
+}
+
+#[cfg(unix)]
+fn is_fifo(ft: &std::fs::FileType) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    ft.is_fifo()
+}
+#[cfg(unix)]
+fn is_device(ft: &std::fs::FileType) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    ft.is_char_device() || ft.is_block_device()
+}
+#[cfg(not(unix))]
+fn is_fifo(_: &std::fs::FileType) -> bool {
+    false
+}
+#[cfg(not(unix))]
+fn is_device(_: &std::fs::FileType) -> bool {
+    false
+}
+
 /// Read a 3D NIfTI-1 file (`.nii` or `.nii.gz`) into a volume of `T`
 /// (scl_slope/scl_inter applied).
 pub fn read_nifti<T: Voxel>(path: &Path) -> Result<(Volume<T>, NiftiInfo), VolumeError> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        let what = match e.kind() {
-            std::io::ErrorKind::NotFound => "file not found".to_string(),
-            _ => format!("cannot read file: {e}"),
-        };
-        VolumeError::new(path, what)
-    })?;
-    read_nifti_bytes(&bytes, path)
+    let file = open_regular(path)?;
+    read_nifti_from(std::io::BufReader::new(file), path)
 }
 
 /// Read a NIfTI-1 file held in memory; `path` only names it in errors.
@@ -125,16 +181,32 @@ pub fn read_nifti_bytes<T: Voxel>(
     bytes: &[u8],
     path: &Path,
 ) -> Result<(Volume<T>, NiftiInfo), VolumeError> {
-    let err = |p: String| VolumeError::new(path, p);
-    let raw: std::borrow::Cow<[u8]> = if bytes.starts_with(&GZIP_MAGIC) {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(bytes)
-            .read_to_end(&mut out)
-            .map_err(|e| err(format!("corrupt or truncated gzip stream ({e})")))?;
-        out.into()
+    read_nifti_from(bytes, path)
+}
+
+/// The scaling actually applied, as nibabel and the NIfTI standard read it: a slope
+/// of 0 or a non-finite slope means no scaling (returned as slope 0, the `nifti`
+/// crate's "none"); a non-finite intercept is taken as 0.
+pub fn effective_scaling(slope: f32, inter: f32) -> (f32, f32) {
+    if slope == 0.0 || !slope.is_finite() {
+        (0.0, 0.0)
     } else {
-        bytes.into()
-    };
+        (slope, if inter.is_finite() { inter } else { 0.0 })
+    }
+}
+
+/// What the header promises: the 3D shape, the voxel type and where the voxels lie.
+struct Declared {
+    header: NiftiHeader,
+    shape: [usize; 3],
+    dtype: DType,
+    spacing: [f64; 3],
+    offset: usize,
+    need: usize,
+}
+
+/// Validate the 348-byte header `raw` without trusting any of its numbers.
+fn declared(raw: &[u8], err: &impl Fn(String) -> VolumeError) -> Result<Declared, VolumeError> {
     if raw.len() < 348 {
         return Err(err(format!(
             "not a NIfTI file: {} bytes, shorter than the 348-byte NIfTI-1 header",
@@ -151,8 +223,8 @@ pub fn read_nifti_bytes<T: Voxel>(
     if sizeof_le != 348 && sizeof_be != 348 {
         return Err(err("not a NIfTI-1 file (sizeof_hdr is not 348)".into()));
     }
-    let header = NiftiHeader::from_reader(&raw[..])
-        .map_err(|e| err(format!("invalid NIfTI header: {e}")))?;
+    let header =
+        NiftiHeader::from_reader(raw).map_err(|e| err(format!("invalid NIfTI header: {e}")))?;
 
     let ndim = header.dim[0];
     if !(1..=7).contains(&ndim) {
@@ -199,12 +271,77 @@ pub fn read_nifti_bytes<T: Voxel>(
     let spacing = [0, 1, 2].map(|a| header.pixdim[a + 1] as f64);
 
     let offset = header.vox_offset;
-    if !(offset.is_finite() && offset >= 348.0) {
-        return Err(err(format!("invalid vox_offset {offset}")));
+    if !(offset.is_finite() && offset >= 348.0 && (offset as f64) <= MAX_VOXEL_BYTES as f64) {
+        return Err(err(format!(
+            "invalid vox_offset {offset} (the voxel data must start after the 348-byte header)"
+        )));
     }
     let offset = offset as usize;
-    let n_vox: usize = shape.iter().product();
-    let need = n_vox * dtype.size_of();
+    // shape ≤ 32767³ and 8-byte voxels: fits u64; checked all the same
+    let need = shape
+        .iter()
+        .try_fold(dtype.size_of() as u64, |acc, &n| acc.checked_mul(n as u64))
+        .filter(|&n| n <= MAX_VOXEL_BYTES)
+        .ok_or_else(|| {
+            err(format!(
+                "the header's dimensions {}x{}x{} of {dtype:?} declare more than {} GiB of voxel data",
+                shape[0],
+                shape[1],
+                shape[2],
+                MAX_VOXEL_BYTES >> 30
+            ))
+        })? as usize;
+    Ok(Declared {
+        header,
+        shape,
+        dtype,
+        spacing,
+        offset,
+        need,
+    })
+}
+
+/// Read from `source` (plain or gzip): the header first, then exactly the bytes the
+/// validated header declares, so no header can make this allocate more than the
+/// file holds.
+fn read_nifti_from<T: Voxel, R: Read>(
+    mut source: R,
+    path: &Path,
+) -> Result<(Volume<T>, NiftiInfo), VolumeError> {
+    let err = |p: String| VolumeError::new(path, p);
+    let io_err = |e: std::io::Error| err(format!("cannot read file: {e}"));
+    let mut magic = Vec::with_capacity(2);
+    (&mut source)
+        .take(2)
+        .read_to_end(&mut magic)
+        .map_err(io_err)?;
+    let gz = magic[..] == GZIP_MAGIC;
+    let chained = std::io::Read::chain(&magic[..], source);
+    let mut src: Box<dyn Read + '_> = if gz {
+        Box::new(flate2::read::MultiGzDecoder::new(chained))
+    } else {
+        Box::new(chained)
+    };
+    let gz_err = |e: std::io::Error| err(format!("corrupt or truncated gzip stream ({e})"));
+    let read_err = |e: std::io::Error| if gz { gz_err(e) } else { io_err(e) };
+    let mut raw = Vec::with_capacity(352);
+    (&mut src)
+        .take(348)
+        .read_to_end(&mut raw)
+        .map_err(read_err)?;
+    let Declared {
+        header,
+        shape,
+        dtype,
+        spacing,
+        offset,
+        need,
+    } = declared(&raw, &err)?;
+    let total = (offset + need) as u64;
+    (&mut src)
+        .take(total - raw.len() as u64)
+        .read_to_end(&mut raw)
+        .map_err(read_err)?;
     if raw.len() < offset + need {
         return Err(err(format!(
             "the header's dimensions {}x{}x{} of {dtype:?} need {need} bytes of voxel data, the file holds {} (truncated or wrong header)",
@@ -214,10 +351,17 @@ pub fn read_nifti_bytes<T: Voxel>(
             raw.len().saturating_sub(offset)
         )));
     }
+    if gz {
+        // the rest of the stream, only to check its checksum
+        std::io::copy(&mut src.take(MAX_TRAILING_BYTES), &mut std::io::sink()).map_err(gz_err)?;
+    }
 
     let (affine, affine_source) = header_affine(&header, spacing).map_err(err)?;
 
+    let (scl_slope, scl_inter) = effective_scaling(header.scl_slope, header.scl_inter);
     let mut h3 = header.clone();
+    h3.scl_slope = scl_slope;
+    h3.scl_inter = scl_inter;
     h3.dim = [
         3,
         shape[0] as u16,
@@ -237,6 +381,7 @@ pub fn read_nifti_bytes<T: Voxel>(
         .into_dimensionality::<Ix3>()
         .map_err(|_| err("voxel data does not match the header's shape".into()))?;
     let data = arr.as_standard_layout().into_owned();
+    reject_non_finite(&data, dtype, scl_slope != 0.0).map_err(err)?;
 
     Ok((
         Volume {
@@ -247,9 +392,39 @@ pub fn read_nifti_bytes<T: Voxel>(
         NiftiInfo {
             dtype,
             affine_source,
-            scl_slope: header.scl_slope,
-            scl_inter: header.scl_inter,
+            scl_slope,
+            scl_inter,
+            scaling_note: ((scl_slope, scl_inter) != (header.scl_slope, header.scl_inter)
+                && header.scl_slope != 0.0)
+                .then(|| {
+                    format!(
+                        "scl_slope {} / scl_inter {} are not usable; read with slope {} and intercept {} (0 = no scaling), as nibabel does",
+                        header.scl_slope, header.scl_inter, scl_slope, scl_inter
+                    )
+                }),
         },
+    ))
+}
+
+/// NaN or infinite voxels (stored as such, or made by the scaling) are an error: no
+/// step of this tool can give them a meaning, and guessing a value would change
+/// every number computed from the volume without a word.
+fn reject_non_finite<T: Voxel>(data: &Array3<T>, dtype: DType, scaled: bool) -> Result<(), String> {
+    if dtype.is_integer() && !scaled {
+        return Ok(());
+    }
+    let finite = |v: &T| num_traits::cast::<T, f64>(*v).is_some_and(f64::is_finite);
+    let bad = data.iter().filter(|v| !finite(v)).count();
+    if bad == 0 {
+        return Ok(());
+    }
+    let first = data
+        .indexed_iter()
+        .find(|(_, v)| !finite(v))
+        .map(|(i, _)| [i.0, i.1, i.2])
+        .unwrap_or_default();
+    Err(format!(
+        "{bad} voxel(s) are NaN or infinite (the first at voxel {first:?}); replace them (for example with the background value) before using this file"
     ))
 }
 

@@ -53,7 +53,33 @@ impl UpBlock {
 
     pub fn forward(&self, x: Tensor<5>, skip: Tensor<5>) -> Tensor<5> {
         self.block
-            .forward(Tensor::cat(vec![self.up.forward(x), skip], 1))
+            .forward(Tensor::cat(vec![upsample2(&self.up, x), skip], 1))
+    }
+}
+
+/// `up.forward(x)` for a transposed convolution with kernel 2 and stride 2 (the
+/// decoder's): the 2×2×2 outputs of each input voxel do not overlap, so it is one
+/// pointwise matmul to C_out·8 channels followed by depth-to-space. Exact, with the
+/// same weights (checkpoints load unchanged), and a GEMM instead of the backends'
+/// direct transposed-convolution kernels.
+pub fn upsample2(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
+    let [b, ci, d, h, w] = x.dims();
+    let wt = up.weight.val(); // [C_in, C_out, 2, 2, 2]
+    let [wci, co, kd, kh, kw] = wt.dims();
+    assert!(
+        wci == ci && [kd, kh, kw] == [2, 2, 2] && up.stride == [2, 2, 2],
+        "upsample2 needs a kernel-2, stride-2 transposed convolution"
+    );
+    let y = x
+        .permute([0, 2, 3, 4, 1])
+        .reshape([b * d * h * w, ci])
+        .matmul(wt.reshape([ci, co * 8]))
+        .reshape([b, d, h, w, co, 2, 2, 2])
+        .permute([0, 4, 1, 5, 2, 6, 3, 7])
+        .reshape([b, co, 2 * d, 2 * h, 2 * w]);
+    match &up.bias {
+        Some(bias) => y + bias.val().reshape([1, co, 1, 1, 1]),
+        None => y,
     }
 }
 
@@ -105,5 +131,49 @@ impl Decoder {
         }
         x = self.ups[4].forward(x, enc0);
         self.head.forward(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    fn values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
+        x.into_data().iter::<f32>().collect()
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (p, q)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (p - q).abs() <= 1e-5 * (1.0 + q.abs()),
+                "{what}[{i}]: {p} vs {q}"
+            );
+        }
+    }
+
+    #[test]
+    fn upsample2_equals_the_transposed_convolution_with_gradients() {
+        let ad = Device::flex().autodiff();
+        for bias in [false, true] {
+            let up = ConvTranspose3dConfig::new([3, 5], [2, 2, 2])
+                .with_stride([2, 2, 2])
+                .with_bias(bias)
+                .init(&ad);
+            let x = Tensor::<5>::random([2, 3, 3, 4, 2], Distribution::Normal(0.0, 1.0), &ad)
+                .require_grad();
+            let r = Tensor::<5>::random([2, 5, 6, 8, 4], Distribution::Normal(0.0, 1.0), &ad);
+            let ours = upsample2(&up, x.clone());
+            let theirs = up.forward(x.clone());
+            assert_eq!(ours.dims(), theirs.dims());
+            close(&values(ours.clone()), &values(theirs.clone()), "forward");
+            let g1 = (ours * r.clone()).sum().backward();
+            let g2 = (theirs * r.clone()).sum().backward();
+            let gx = |g| values(x.grad(g).unwrap());
+            close(&gx(&g1), &gx(&g2), "x gradient");
+            let gw = |g| values(up.weight.val().grad(g).unwrap());
+            close(&gw(&g1), &gw(&g2), "weight gradient");
+        }
     }
 }

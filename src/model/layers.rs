@@ -210,10 +210,10 @@ mod tests {
         let ours = lrelu(x.clone());
         let theirs = burn::tensor::activation::leaky_relu(x.clone(), 0.01);
         let g1 = (ours.clone() * w.clone()).sum().backward();
-        let gx1 = values(x.grad(&g1).unwrap().into());
+        let gx1 = values(x.grad(&g1).unwrap());
         let g2 = (theirs.clone() * w.clone()).sum().backward();
-        let gx2 = values(x.grad(&g2).unwrap().into());
-        let (a, b) = (values(ours.inner().into()), values(theirs.inner().into()));
+        let gx2 = values(x.grad(&g2).unwrap());
+        let (a, b) = (values(ours.inner()), values(theirs.inner()));
         for (p, q) in a.iter().zip(&b).chain(gx1.iter().zip(&gx2)) {
             assert!((p - q).abs() <= 1e-6 * (1.0 + q.abs()), "{p} vs {q}");
         }

@@ -16,20 +16,22 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Open for appending; on resume drop lines past the checkpoint's step so the
-    /// file matches an uninterrupted run's.
-    pub fn open(path: &Path, keep_until_step: Option<u64>) -> anyhow::Result<Metrics> {
-        if let Some(step) = keep_until_step
+    /// Open for appending; on resume from a checkpoint after `steps_done` steps, keep
+    /// only the lines of those steps (a killed run may have logged later steps, and
+    /// its last line may be torn), so the file matches an uninterrupted run's.
+    pub fn open(path: &Path, steps_done: Option<u64>) -> anyhow::Result<Metrics> {
+        if let Some(done) = steps_done
             && path.exists()
         {
             let text = std::fs::read_to_string(path)?;
             let kept: Vec<&str> = text
                 .lines()
                 .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                        .is_none_or(|s| s <= step)
+                    serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                        v.get("step")
+                            .and_then(|s| s.as_u64())
+                            .is_none_or(|s| s < done)
+                    })
                 })
                 .collect();
             let mut out = kept.join("\n");
@@ -37,7 +39,7 @@ impl Metrics {
                 out.push('\n');
             }
             write_atomically(path, out.as_bytes())?;
-        } else if keep_until_step.is_none() {
+        } else if steps_done.is_none() {
             let _ = std::fs::remove_file(path);
         }
         let file = std::fs::OpenOptions::new()

@@ -461,7 +461,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSumm
     let best_dir = out.join("checkpoints").join("best");
     if opts.resume {
         anyhow::ensure!(
-            last_dir.join("state.json").exists(),
+            crate::checkpoint::resolve(&last_dir)
+                .join("state.json")
+                .exists(),
             "{}: no checkpoint to resume from",
             last_dir.display()
         );

@@ -27,6 +27,8 @@ use crate::{FlexTensor, Layout};
 const TILE_ELEMS: usize = 1 << 18;
 /// Fewest output positions per tile (GEMM efficiency).
 const TILE_MIN: usize = 256;
+/// Tiles per work item; each item's weight-gradient part is summed in a fixed order.
+const TILES_PER_GROUP: usize = 2;
 
 /// Whether the fast path applies.
 fn applies(dtype: DType, w_shape: &[usize], options: &ConvOptions<3>) -> bool {
@@ -136,8 +138,9 @@ fn tiles(n: usize, g: &Geom) -> Vec<Tile> {
 
 /// Visit every tile with its filled column matrix, `f(tile, first position,
 /// positions, cols, acc)`, where `acc` is a zeroed accumulator of `acc_len` values
-/// private to the worker. Tiles run in parallel (each worker fills its own columns and
-/// runs a single-threaded GEMM); the accumulators are summed and returned.
+/// private to a fixed group of tiles. Groups run in parallel (each worker fills its
+/// own columns and runs a single-threaded GEMM); the groups' accumulators are summed
+/// in group order and returned, so the sum is the same however the groups ran.
 fn map_tiles(
     x: &[f32],
     n: usize,
@@ -156,35 +159,47 @@ fn map_tiles(
         f(tile, tile.row0 * g.out[2], t, c, acc);
     };
     let all = tiles(n, g);
+    let sum_in_order = |parts: Vec<Vec<f32>>| {
+        let mut total = vec![0.0f32; acc_len];
+        for p in parts {
+            total.iter_mut().zip(&p).for_each(|(x, y)| *x += y);
+        }
+        total
+    };
     #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
-        all.par_iter()
-            .with_min_len(1)
-            .fold(
-                || (vec![0.0f32; cap], vec![0.0f32; acc_len]),
-                |(mut cols, mut acc), &tile| {
-                    run(&mut cols, &mut acc, tile);
-                    (cols, acc)
+        // fixed groups of tiles, summed in order: the result does not depend on how the
+        // work was scheduled (training stays bit-reproducible)
+        let parts: Vec<Vec<f32>> = all
+            .par_chunks(TILES_PER_GROUP)
+            .map_init(
+                || vec![0.0f32; cap],
+                |cols, group| {
+                    let mut acc = vec![0.0f32; acc_len];
+                    for &tile in group {
+                        run(cols, &mut acc, tile);
+                    }
+                    acc
                 },
             )
-            .map(|(_, acc)| acc)
-            .reduce(
-                || vec![0.0f32; acc_len],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            )
+            .collect();
+        sum_in_order(parts)
     }
     #[cfg(not(feature = "rayon"))]
     {
         let mut cols = vec![0.0f32; cap];
-        let mut acc = vec![0.0f32; acc_len];
-        for tile in all {
-            run(&mut cols, &mut acc, tile);
-        }
-        acc
+        let parts: Vec<Vec<f32>> = all
+            .chunks(TILES_PER_GROUP)
+            .map(|group| {
+                let mut acc = vec![0.0f32; acc_len];
+                for &tile in group {
+                    run(&mut cols, &mut acc, tile);
+                }
+                acc
+            })
+            .collect();
+        sum_in_order(parts)
     }
 }
 
