@@ -83,3 +83,76 @@ fn inspect_names_the_file_with_an_unknown_label_value() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
 }
+
+#[test]
+fn infer_writes_statistics_and_a_preview_with_threads_and_device_flags() {
+    use rlu2net::data::synth::{Scale, SynthOptions, generate};
+    use rlu2net::io::read_nifti;
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let opts = SynthOptions {
+        cases: 2,
+        test_cases: 1,
+        seed: 2,
+        scale: Scale::Small,
+        ..SynthOptions::default()
+    };
+    generate(&opts, &data, &|| {}).unwrap();
+    let cfg = d.path().join("c.toml");
+    std::fs::write(&cfg, "preset = \"tiny\"\nepochs = 1\nsteps_per_epoch = 2\n").unwrap();
+    let run = d.path().join("run");
+    let out = rlu2net()
+        .args(["--threads", "1", "train", "--device", "cpu", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&run)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ct = data.join("ct_test/ct_test_2001_image.nii.gz");
+    let pred = d.path().join("pred/ct.nii.gz");
+    let out = rlu2net()
+        .args(["infer", "--threads", "2", "--device", "cpu", "--model"])
+        .arg(&run)
+        .arg("--ct")
+        .arg(&ct)
+        .arg("--out")
+        .arg(&pred)
+        .arg("--statistics")
+        .arg("--preview")
+        .arg(d.path().join("pred/ct.png"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("LV blood pool"), "{text}");
+    assert!(d.path().join("pred/ct.png").metadata().unwrap().len() > 1000);
+    let js: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.path().join("pred/statistics.json")).unwrap(),
+    )
+    .unwrap();
+    // the volumes are the written label map's voxel counts times the voxel volume
+    let (lab, _) = read_nifti::<f32>(&pred).unwrap();
+    let vox_ml = lab.spacing.iter().product::<f64>() / 1000.0;
+    let s = &js["ct"]["structures"];
+    assert_eq!(s.as_array().unwrap().len(), 7);
+    for r in s.as_array().unwrap() {
+        let v = r["label"].as_f64().unwrap() as f32;
+        let n = lab.data.iter().filter(|&&x| x == v).count() as f64;
+        let ml = r["volume_ml"].as_f64().unwrap();
+        assert!((ml - n * vox_ml).abs() <= 1e-6 * (1.0 + ml), "{r}");
+    }
+    let myo = s[0]["volume_ml"].as_f64().unwrap();
+    let mass = js["ct"]["lv_myocardial_mass_g"].as_f64().unwrap();
+    assert!((mass - 1.05 * myo).abs() < 1e-9);
+}

@@ -18,7 +18,8 @@ pub struct BenchArgs {
     /// Timed runs per kernel (after one warm-up run); the median is reported.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    /// Where to compute (`--device` as in nnU-Net and TotalSegmentator; `--backend` also works).
+    #[arg(long, visible_alias = "device", value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
     /// Preset for `bench model`.
     #[arg(long, value_enum, default_value_t = Preset::Cpu)]

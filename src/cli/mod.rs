@@ -21,6 +21,9 @@ use crate::model::{ModelConfig, Preset};
     about = "RL-U²Net whole-heart segmentation of CT and MRI"
 )]
 pub struct Cli {
+    /// CPU threads for every computation (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -109,7 +112,8 @@ pub struct TrainArgs {
     /// Stop after this many minutes (a checkpoint is written).
     #[arg(long)]
     pub max_minutes: Option<f64>,
-    #[arg(long, value_enum, default_value_t = crate::device::Backend::Auto)]
+    /// Where to compute (`--device` as in nnU-Net and TotalSegmentator; `--backend` also works).
+    #[arg(long, visible_alias = "device", value_enum, default_value_t = crate::device::Backend::Auto)]
     pub backend: crate::device::Backend,
 }
 
@@ -224,6 +228,13 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(n) = cli.threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("--threads {n}: {e}"))?;
+    }
     match cli.command {
         Command::Synth(a) => synth(a),
         Command::Inspect { data } => inspect(&data),

@@ -7,6 +7,7 @@ use crate::device::{Backend, device};
 use crate::infer::{Predictor, predict_dir, write_prediction};
 use crate::metrics::evaluate::evaluate;
 use crate::metrics::report::Report;
+use crate::metrics::statistics::{Statistics, statistics};
 use crate::model::Preset;
 use crate::train::{TrainConfig, TrainOptions, train};
 
@@ -43,9 +44,19 @@ pub struct InferArgs {
     /// Keep every connected piece of each structure (default: only the largest).
     #[arg(long)]
     pub no_postprocess: bool,
+    /// Also write statistics.json (beside the output) and print, per structure, the
+    /// volume (mL) and the mean and SD of the image inside it (HU for CT), the LV/RV
+    /// blood pools and the LV myocardial mass.
+    #[arg(long)]
+    pub statistics: bool,
+    /// Also draw three planes through the heart with the segmentation and a legend
+    /// (PNG; with --ct and --mr, the MRI's gets `_mr` added).
+    #[arg(long, conflicts_with = "input_dir")]
+    pub preview: Option<PathBuf>,
     #[arg(long, default_value_t = 0.5)]
     pub overlap: f64,
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    /// Where to compute (`--device` as in nnU-Net and TotalSegmentator; `--backend` also works).
+    #[arg(long, visible_alias = "device", value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
 }
 
@@ -79,6 +90,9 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("--input-dir needs --output-dir"))?;
         let written = predict_dir(&p, dir, a.split.into(), &out, a.probabilities, true)?;
         eprintln!("wrote {} files to {}", written.len(), out.display());
+        if a.statistics {
+            dir_statistics(dir, a.split.into(), &out)?;
+        }
         return Ok(());
     }
     anyhow::ensure!(
@@ -101,13 +115,23 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
         + mr.as_ref().map(|x| p.window_count(x)).unwrap_or(0);
     let pb = crate::infer::window_bar(total);
     let mut written = Vec::new();
+    let mut stats: Vec<(String, Statistics)> = Vec::new();
+    let mut previews = Vec::new();
     if let Some(c) = &ct {
         pb.set_message("CT");
-        written.extend(write_prediction(
-            &out,
-            &p.predict(c, mr.as_ref(), true, &pb),
-            a.probabilities,
-        )?);
+        let pred = p.predict(c, mr.as_ref(), true, &pb);
+        written.extend(write_prediction(&out, &pred, a.probabilities)?);
+        if a.statistics {
+            stats.push(("ct".into(), statistics(&c.original, &pred.labels, true)?));
+        }
+        if let Some(png) = &a.preview {
+            previews.push((
+                png.clone(),
+                c.original.clone(),
+                pred.labels.clone(),
+                Modality::Ct,
+            ));
+        }
     }
     if let Some(m) = &mr {
         pb.set_message("MRI");
@@ -123,16 +147,85 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
                 out.with_file_name(format!("{stem}_mr.nii.gz"))
             }
         };
-        written.extend(write_prediction(
-            &path,
-            &p.predict(m, ct.as_ref(), false, &pb),
-            a.probabilities,
-        )?);
+        let pred = p.predict(m, ct.as_ref(), false, &pb);
+        written.extend(write_prediction(&path, &pred, a.probabilities)?);
+        if a.statistics {
+            stats.push(("mr".into(), statistics(&m.original, &pred.labels, false)?));
+        }
+        if let Some(png) = &a.preview {
+            let png = if ct.is_some() {
+                with_suffix(png, "_mr")
+            } else {
+                png.clone()
+            };
+            previews.push((png, m.original.clone(), pred.labels.clone(), Modality::Mr));
+        }
     }
     pb.finish_and_clear();
+    for (png, image, labels, modality) in previews {
+        let classes = crate::io::labels::labels_to_classes(&labels.map(|&v| v as f32), &png)?;
+        crate::viz::preview_png(&png, &image, &classes, modality)?;
+        written.push(png);
+    }
+    if a.statistics {
+        let dir = out
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        written.push(write_statistics(&dir.join("statistics.json"), stats)?);
+    }
     for w in written {
         eprintln!("wrote {}", w.display());
     }
+    Ok(())
+}
+
+/// `name.ext` → `name{suffix}.ext` (also for `.nii.gz`).
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let (stem, ext) = match name.find('.') {
+        Some(i) => (&name[..i], &name[i..]),
+        None => (name.as_str(), ""),
+    };
+    p.with_file_name(format!("{stem}{suffix}{ext}"))
+}
+
+/// Print each entry's table and write them all as one JSON file.
+fn write_statistics(path: &Path, stats: Vec<(String, Statistics)>) -> anyhow::Result<PathBuf> {
+    let mut json = serde_json::Map::new();
+    for (name, s) in stats {
+        println!("{name}\n{}", s.table());
+        json.insert(name, serde_json::to_value(s)?);
+    }
+    crate::io::write_atomically(
+        path,
+        serde_json::to_string_pretty(&serde_json::Value::Object(json))?.as_bytes(),
+    )
+    .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))?;
+    Ok(path.to_path_buf())
+}
+
+/// Statistics of every case `predict_dir` wrote, read back with its image.
+fn dir_statistics(data: &Path, split: Split, out: &Path) -> anyhow::Result<()> {
+    let ds = crate::data::layout::discover(data)?;
+    let mut stats = Vec::new();
+    for m in [Modality::Ct, Modality::Mr] {
+        for c in ds.select(m, split) {
+            let lp = out.join(format!("{}_label.nii.gz", c.name()));
+            if !lp.exists() {
+                continue;
+            }
+            let (img, _) = crate::io::read_nifti::<f32>(&c.image)?;
+            let (lab, _) = crate::io::read_nifti::<i16>(&lp)?;
+            let s = statistics(&img, &lab, m == Modality::Ct)?;
+            stats.push((c.name(), s));
+        }
+    }
+    let path = write_statistics(&out.join("statistics.json"), stats)?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }
 
@@ -173,7 +266,8 @@ pub struct DemoArgs {
     pub minutes: f64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    /// Where to compute (`--device` as in nnU-Net and TotalSegmentator; `--backend` also works).
+    #[arg(long, visible_alias = "device", value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
 }
 
@@ -269,7 +363,8 @@ pub struct AblateArgs {
     pub minutes: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    /// Where to compute (`--device` as in nnU-Net and TotalSegmentator; `--backend` also works).
+    #[arg(long, visible_alias = "device", value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
 }
 

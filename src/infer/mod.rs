@@ -334,6 +334,10 @@ pub fn write_prediction(
     p: &Prediction,
     probabilities: bool,
 ) -> anyhow::Result<Vec<PathBuf>> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the output folder", dir.display()))?;
+    }
     write_nifti(path, &p.labels, DType::Int16)?;
     let mut written = vec![path.to_path_buf()];
     if probabilities {

@@ -3,6 +3,7 @@
 pub mod confusion;
 pub mod evaluate;
 pub mod report;
+pub mod statistics;
 
 use ndarray::Array3;
 use serde::{Deserialize, Serialize};

@@ -4,14 +4,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
-
-fn ensure_font() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
-    });
-}
+use crate::viz::ensure_font;
 
 fn err(path: &Path, e: impl std::fmt::Debug) -> anyhow::Error {
     anyhow::anyhow!("{}: cannot draw: {e:?}", path.display())

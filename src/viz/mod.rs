@@ -21,6 +21,33 @@ pub const CLASS_COLOURS: [[u8; 3]; 8] = [
     [40, 210, 60],
 ];
 
+const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
+
+/// Register the bundled font (DejaVu Sans Mono) as "sans-serif" once per process.
+pub fn ensure_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// Height in pixels of the legend band under an overlay.
+pub const LEGEND_HEIGHT: u32 = 22;
+
+/// The legend of an overlay: each structure's contour colour and name, then the
+/// reference's white contour when there is one.
+pub fn legend_entries(with_reference: bool) -> Vec<(String, [u8; 3])> {
+    let mut v: Vec<(String, [u8; 3])> = crate::io::labels::STRUCTURES
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.to_string(), CLASS_COLOURS[i + 1]))
+        .collect();
+    if with_reference {
+        v.push(("truth".to_string(), [255, 255, 255]));
+    }
+    v
+}
+
 /// Write an RGB buffer (`w·h·3` bytes) as a PNG, through a temporary file and a rename.
 pub fn save_rgb_png(path: &Path, w: u32, h: u32, rgb: &[u8]) -> anyhow::Result<()> {
     let name = path
@@ -29,16 +56,42 @@ pub fn save_rgb_png(path: &Path, w: u32, h: u32, rgb: &[u8]) -> anyhow::Result<(
         .to_string_lossy()
         .replace('.', "_");
     let tmp = path.with_file_name(format!(".{name}-{}-partial.png", std::process::id()));
-    {
-        let root = BitMapBackend::new(&tmp, (w, h));
-        let mut root = root;
+    let drawn = (|| -> anyhow::Result<()> {
+        let mut root = BitMapBackend::new(&tmp, (w, h));
         root.blit_bitmap((0, 0), (w, h), rgb)
             .map_err(|e| anyhow::anyhow!("{}: cannot draw: {e:?}", path.display()))?;
         root.present()
-            .map_err(|e| anyhow::anyhow!("{}: cannot write PNG: {e:?}", path.display()))?;
+            .map_err(|e| anyhow::anyhow!("{}: cannot write PNG: {e:?}", path.display()))
+    })();
+    if let Err(e) = drawn {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
     std::fs::rename(&tmp, path)
         .with_context(|| format!("{}: cannot move into place", path.display()))
+}
+
+/// An RGB band `w` × [`LEGEND_HEIGHT`] on black: a coloured square and a name per entry.
+pub fn legend_band(w: u32, legend: &[(String, [u8; 3])]) -> anyhow::Result<Vec<u8>> {
+    ensure_font();
+    let mut buf = vec![0u8; (w * LEGEND_HEIGHT * 3) as usize];
+    {
+        let area = BitMapBackend::with_buffer(&mut buf, (w, LEGEND_HEIGHT)).into_drawing_area();
+        let err = |e: &dyn std::fmt::Debug| anyhow::anyhow!("cannot draw the legend: {e:?}");
+        let font = ("sans-serif", 13).into_font().color(&WHITE);
+        let mut x = 4i32;
+        let y = (LEGEND_HEIGHT as i32 - 10) / 2;
+        for (name, c) in legend {
+            let colour = RGBColor(c[0], c[1], c[2]);
+            area.draw(&Rectangle::new([(x, y), (x + 10, y + 10)], colour.filled()))
+                .map_err(|e| err(&e))?;
+            area.draw(&Text::new(name.clone(), (x + 14, y - 2), font.clone()))
+                .map_err(|e| err(&e))?;
+            x += 14 + 8 * name.chars().count() as i32 + 12;
+        }
+        area.present().map_err(|e| err(&e))?;
+    }
+    Ok(buf)
 }
 
 /// Whether pixel (x, y) of a row-major class map is labelled and touches another
@@ -235,5 +288,35 @@ pub fn overlay_png(
         }
         x0 += p.w + gap;
     }
-    save_rgb_png(path, w as u32, h as u32, &rgb)
+    rgb.extend(legend_band(w as u32, &legend_entries(reference.is_some()))?);
+    save_rgb_png(path, w as u32, h as u32 + LEGEND_HEIGHT, &rgb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_legend_shows_every_structure_colour_and_the_truth() {
+        let entries = legend_entries(true);
+        assert_eq!(entries.len(), 8);
+        assert_eq!(entries[2].0, "LV");
+        assert_eq!(entries[2].1, CLASS_COLOURS[3]);
+        let w = 480;
+        let band = legend_band(w, &entries).unwrap();
+        let has = |c: [u8; 3]| band.chunks(3).filter(|p| *p == c).count();
+        for (name, c) in &entries {
+            // a filled 10 × 10 square at least (the text is anti-aliased grey-white)
+            assert!(has(*c) >= 100, "{name}: {} pixels of {c:?}", has(*c));
+        }
+        // the names are drawn in (anti-aliased) white: grey pixels, which no square has
+        let plain = legend_band(w, &legend_entries(false)).unwrap();
+        let text = plain
+            .chunks(3)
+            .filter(|p| p[0] == p[1] && p[1] == p[2] && p[0] > 100)
+            .count();
+        assert!(text > 50, "no text drawn ({text} light grey pixels)");
+        // and without the reference entry there is no white square
+        assert_eq!(legend_entries(false).len(), 7);
+    }
 }
