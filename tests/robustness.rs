@@ -220,6 +220,69 @@ fn a_checkpoint_write_failing_half_way_keeps_the_previous_one_and_the_inputs() {
     assert!(left.is_empty(), "left behind: {left:?}");
     // and the run still resumes once there is room
     ok(resume(&run));
+
+    // a prediction and a data set written under the same limit: nothing half-written
+    // is left, and the earlier prediction of the same name is intact
+    let pred = d.path().join("pred");
+    let ct = data.join("ct_train/ct_train_1001_image.nii.gz");
+    let infer = |limit: Option<u64>| {
+        let cmd = match limit {
+            Some(b) => format!("trap '' XFSZ; ulimit -f {b} && exec \"$0\" \"$@\""),
+            None => "exec \"$0\" \"$@\"".to_string(),
+        };
+        Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .arg(env!("CARGO_BIN_EXE_rlu2net"))
+            .args(["infer", "--probabilities", "--model"])
+            .arg(&run)
+            .arg("--ct")
+            .arg(&ct)
+            .arg("--out")
+            .arg(pred.join("p.nii.gz"))
+            .output()
+            .unwrap()
+    };
+    ok(infer(None));
+    let first = files_under(&pred);
+    // the probabilities file (8 float channels) is far larger than the label map
+    let label_len = std::fs::metadata(pred.join("p.nii.gz")).unwrap().len();
+    let out = infer(Some(label_len.div_ceil(512) + 16));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("p_probabilities.nii.gz"), "{err}");
+    let now = files_under(&pred);
+    assert_eq!(
+        now.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        first.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        "files appeared or vanished"
+    );
+    let probs = |v: &[(PathBuf, Vec<u8>)]| {
+        v.iter()
+            .find(|f| f.0.ends_with("p_probabilities.nii.gz"))
+            .map(|f| f.1.clone())
+    };
+    assert!(
+        probs(&now) == probs(&first),
+        "the earlier probabilities changed"
+    );
+
+    let synth_dir = d.path().join("synth");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 64 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_rlu2net"))
+        .args(["synth", "--cases", "1", "--test-cases", "0", "--out"])
+        .arg(&synth_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let partial: Vec<_> = files_under(&synth_dir)
+        .into_iter()
+        .map(|f| f.0)
+        .filter(|p| p.to_string_lossy().contains("partial"))
+        .collect();
+    assert!(partial.is_empty(), "left behind: {partial:?}");
 }
 
 #[test]
