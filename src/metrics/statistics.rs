@@ -59,7 +59,7 @@ pub fn statistics(
     let mut mean = [0.0f64; 7];
     let mut m2 = [0.0f64; 7];
     for (&l, &x) in labels.data.iter().zip(image.data.iter()) {
-        let Some(c) = LABEL_VALUES[1..].iter().position(|&v| v as i32 == l as i32) else {
+        let Some(c) = LABEL_VALUES[1..].iter().position(|&v| v == l as i32) else {
             continue;
         };
         n[c] += 1;
