@@ -125,18 +125,21 @@ pub fn load_model(dir: &Path, model: RlU2Net) -> anyhow::Result<RlU2Net> {
             path.display()
         )
     })?;
+    load_model_bytes(bytes, &path.display().to_string(), model)
+}
+
+/// Load a model's weights from `model.bpk` bytes; `name` says where they came from.
+pub fn load_model_bytes(bytes: Vec<u8>, name: &str, model: RlU2Net) -> anyhow::Result<RlU2Net> {
     let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|_| {
         anyhow::anyhow!(
-            "{}: not a readable model checkpoint (truncated or damaged); use another checkpoint (checkpoints/best or checkpoints/last) or train again",
-            path.display()
+            "{name}: not a readable model checkpoint (truncated or damaged); use another checkpoint (checkpoints/best or checkpoints/last) or train again"
         )
     })?;
     model.try_load_record(record).map_err(|e| {
         let first = format!("{e:?}");
         let first = first.lines().next().unwrap_or("").chars().take(160).collect::<String>();
         anyhow::anyhow!(
-            "{}: the weights do not fit the run's config.toml (another preset or model settings?): {first}; keep each checkpoints/ folder with the config.toml it was trained with",
-            path.display()
+            "{name}: the weights do not fit the run's config.toml (another preset or model settings?): {first}; keep each checkpoints/ folder with the config.toml it was trained with"
         )
     })
 }

@@ -2,7 +2,7 @@
 //! with PPO agents that steer the cross-modal pose alignment.
 //!
 //! The data flows one way: `io` → `preprocess` → `data` → `model` (+ `rl`) →
-//! `loss` → `config`/`checkpoint` (a run folder's contents) → `infer` → `train`
+//! `loss` → `config`/`checkpoint`/`model_file` (a run folder's contents, or one exported file) → `infer` → `train`
 //! (whose validation is inference) → `metrics` → `cli`. Lower layers never import
 //! higher ones.
 
@@ -20,6 +20,7 @@ pub mod io;
 pub mod loss;
 pub mod metrics;
 pub mod model;
+pub mod model_file;
 pub mod preprocess;
 pub mod rl;
 pub mod seed;

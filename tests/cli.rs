@@ -156,3 +156,79 @@ fn infer_writes_statistics_and_a_preview_with_threads_and_device_flags() {
     let mass = js["ct"]["lv_myocardial_mass_g"].as_f64().unwrap();
     assert!((mass - 1.05 * myo).abs() < 1e-9);
 }
+
+#[test]
+fn an_exported_model_file_predicts_byte_identically_to_its_run() {
+    use rlu2net::data::synth::{Scale, SynthOptions, generate};
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let opts = SynthOptions {
+        cases: 2,
+        test_cases: 1,
+        seed: 4,
+        scale: Scale::Small,
+        ..SynthOptions::default()
+    };
+    generate(&opts, &data, &|| {}).unwrap();
+    let cfg = d.path().join("c.toml");
+    std::fs::write(&cfg, "preset = \"tiny\"\nepochs = 1\nsteps_per_epoch = 2\n").unwrap();
+    let run = d.path().join("run");
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(rlu2net()
+        .args(["train", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&run)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap());
+    let file = d.path().join("heart.rlu2net");
+    ok(rlu2net()
+        .arg("export")
+        .arg(&run)
+        .arg("--out")
+        .arg(&file)
+        .output()
+        .unwrap());
+    let predict = |model: &std::path::Path, out: &str| {
+        ok(rlu2net()
+            .args(["infer", "--model"])
+            .arg(model)
+            .arg("--input-dir")
+            .arg(&data)
+            .arg("--output-dir")
+            .arg(d.path().join(out))
+            .output()
+            .unwrap());
+    };
+    predict(&run, "from_run");
+    predict(&file, "from_file");
+    for n in ["ct_test_2001_label.nii.gz", "mr_test_2001_label.nii.gz"] {
+        let a = std::fs::read(d.path().join("from_run").join(n)).unwrap();
+        let b = std::fs::read(d.path().join("from_file").join(n)).unwrap();
+        assert!(a == b, "{n} differs");
+    }
+    // a damaged file: one line saying so
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 1;
+    std::fs::write(&file, &bytes).unwrap();
+    let out = rlu2net()
+        .args(["infer", "--model"])
+        .arg(&file)
+        .arg("--ct")
+        .arg(data.join("ct_test/ct_test_2001_image.nii.gz"))
+        .arg("--out")
+        .arg(d.path().join("x.nii.gz"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("checksum"), "{err}");
+}

@@ -49,6 +49,15 @@ pub enum Command {
     Demo(pipeline::DemoArgs),
     /// The paper's Table 2: the full model and each ablation, same budget and seed.
     Ablate(pipeline::AblateArgs),
+    /// Write a trained run's model as one shareable file (weights, configuration,
+    /// preprocessing plan, version, checksum); `infer --model FILE` reads it.
+    Export {
+        /// The run folder from `rlu2net train`.
+        run: PathBuf,
+        /// The model file to write (e.g. heart.rlu2net).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Parameter count and FLOPs of one forward pass of a preset (counted from the layer shapes).
     ModelInfo {
         #[arg(long, value_enum, default_value_t = Preset::Cpu)]
@@ -244,6 +253,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Evaluate(a) => pipeline::evaluate_cmd(a),
         Command::Demo(a) => pipeline::demo(a),
         Command::Ablate(a) => pipeline::ablate(a),
+        Command::Export { run, out } => {
+            let h = crate::model_file::export(&run, &out)?;
+            eprintln!(
+                "wrote {} ({} checkpoint of {}, rlu2net {})",
+                out.display(),
+                h.checkpoint,
+                run.display(),
+                h.rlu2net_version
+            );
+            Ok(())
+        }
         Command::ModelInfo { preset } => {
             model_info(preset);
             Ok(())

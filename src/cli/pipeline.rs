@@ -13,7 +13,7 @@ use crate::train::{TrainConfig, TrainOptions, train};
 
 #[derive(clap::Args, Debug)]
 pub struct InferArgs {
-    /// Run folder from `rlu2net train`.
+    /// Run folder from `rlu2net train`, or a model file from `rlu2net export`.
     #[arg(long)]
     pub model: PathBuf,
     /// A CT volume to segment.

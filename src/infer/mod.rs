@@ -13,7 +13,6 @@ use burn::tensor::activation::softmax;
 use ndarray::{Array3, Array4, s};
 
 use self::sliding::{Accumulator, pad_volume, padding, windows};
-use crate::checkpoint::load_model;
 use crate::config::TrainConfig;
 use crate::data::labels::{LABEL_VALUES, NUM_CLASSES};
 use crate::data::layout::Modality;
@@ -56,38 +55,28 @@ pub struct Prediction {
 }
 
 impl Predictor {
-    /// Load a run folder (its `config.toml`, `plan.json` and best — else last — checkpoint).
-    pub fn load(run: &Path, device: Device, overlap: f64, tta: bool) -> anyhow::Result<Predictor> {
-        let cpath = run.join("config.toml");
-        let text = std::fs::read_to_string(&cpath).with_context(|| {
-            format!(
-                "{}: cannot read; is {} a run folder (from `rlu2net train`)?",
-                cpath.display(),
-                run.display()
-            )
-        })?;
-        let cfg = TrainConfig::from_toml(&text, None)
-            .with_context(|| format!("{}: invalid configuration", cpath.display()))?;
-        let ppath = run.join("plan.json");
-        let plan: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(&ppath)
-                .with_context(|| format!("{}: cannot read", ppath.display()))?,
-        )?;
+    /// Load a run folder (its `config.toml`, `plan.json` and best — else last —
+    /// checkpoint) or a model file from `rlu2net export`.
+    pub fn load(
+        model: &Path,
+        device: Device,
+        overlap: f64,
+        tta: bool,
+    ) -> anyhow::Result<Predictor> {
+        let parts = crate::model_file::read_model(model)?;
+        let cfg = TrainConfig::from_toml(&parts.config_toml, None)
+            .with_context(|| format!("{}: invalid configuration", model.display()))?;
+        let plan: serde_json::Value = serde_json::from_str(&parts.plan_json)
+            .with_context(|| format!("{}: damaged plan.json", model.display()))?;
         let ct_stats: CtStats = serde_json::from_value(plan["ct_stats"].clone())
-            .with_context(|| format!("{}: no CT statistics", ppath.display()))?;
-        let ck = ["best", "last"]
-            .iter()
-            .map(|n| run.join("checkpoints").join(n))
-            .find(|p| crate::checkpoint::resolve(p).join("model.bpk").exists())
-            .with_context(|| {
-                format!(
-                    "{}: no checkpoint (checkpoints/best or checkpoints/last)",
-                    run.display()
-                )
-            })?;
-        let model = load_model(&ck, RlU2Net::new(&cfg.model, &device))?;
+            .with_context(|| format!("{}: no CT statistics in the plan", model.display()))?;
+        let net = crate::checkpoint::load_model_bytes(
+            parts.weights,
+            &parts.source,
+            RlU2Net::new(&cfg.model, &device),
+        )?;
         Ok(Predictor::from_parts(
-            cfg, ct_stats, model, device, overlap, tta,
+            cfg, ct_stats, net, device, overlap, tta,
         ))
     }
 
