@@ -31,6 +31,18 @@ pub enum PoseAlignTarget {
     Cross,
 }
 
+/// How the k chosen rotations are averaged in the fused maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RotationWeights {
+    /// Equally, as METHOD.md settles it (default).
+    #[default]
+    Uniform,
+    /// Each by its policy probability, renormalised over the chosen ones. Measured on
+    /// the demo set: not better (docs/method-notes.md), so not the default.
+    Policy,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
@@ -47,6 +59,8 @@ pub struct ModelConfig {
     pub encoder_weights: EncoderWeights,
     /// Rotations sampled per forward pass.
     pub k_sel: usize,
+    /// How the sampled rotations are averaged.
+    pub rotation_weights: RotationWeights,
     /// λ of eq. 7.
     pub lambda: f64,
     pub pose_align_target: PoseAlignTarget,
@@ -81,6 +95,7 @@ impl ModelConfig {
             mlp_ratio: 4,
             encoder_weights: EncoderWeights::Shared,
             k_sel: 4,
+            rotation_weights: RotationWeights::Uniform,
             lambda: 0.3,
             pose_align_target: PoseAlignTarget::Auxiliary,
             cma_bidirectional: true,

@@ -10,6 +10,6 @@ pub mod rlu2net;
 pub mod swin;
 pub mod xalign;
 
-pub use config::{EncoderWeights, ModelConfig, PoseAlignTarget, Preset};
+pub use config::{EncoderWeights, ModelConfig, PoseAlignTarget, Preset, RotationWeights};
 pub use pose_align::ActionMode;
 pub use rlu2net::{RlU2Net, RlU2NetOutput};

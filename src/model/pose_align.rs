@@ -103,22 +103,43 @@ impl PoseAlign {
     }
 }
 
-/// Mean over the rotations of `f(R)`.
-pub fn mean_over(
-    rotations: &[SignedPerm],
-    mut f: impl FnMut(&SignedPerm) -> Tensor<5>,
-) -> Tensor<5> {
-    let sum = rotations
-        .iter()
-        .map(&mut f)
-        .reduce(|a, b| a + b)
-        .expect("at least one rotation");
-    sum.div_scalar(rotations.len() as f64)
+/// The weight of each chosen rotation in the fused map: its policy probability
+/// renormalised over the chosen ones (`by_policy`), else 1/k. The chosen rotations are
+/// k distinct ones (Gumbel top-k), so with equal weights 3 of k = 4 would always be
+/// wrong rotations once the policy has found the pose (measured: docs/method-notes.md).
+/// No gradient flows through the weights (θ is trained by PPO only).
+pub fn rotation_weights(log_probs: &[f32], by_policy: bool) -> Vec<f64> {
+    let k = log_probs.len().max(1);
+    if !by_policy || log_probs.len() <= 1 {
+        return vec![1.0 / k as f64; log_probs.len()];
+    }
+    let m = log_probs.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let e: Vec<f64> = log_probs.iter().map(|&l| (l as f64 - m).exp()).collect();
+    let z: f64 = e.iter().sum();
+    e.into_iter().map(|x| x / z).collect()
 }
 
-/// Mean of a map rotated by each of the rotations.
-pub fn mean_rotated(x: Tensor<5>, rotations: &[SignedPerm]) -> Tensor<5> {
-    mean_over(rotations, |r| rotate_spatial(x.clone(), r))
+/// Σ_i w_i f(R_i) over the rotations (weights summing to 1).
+pub fn mean_over(
+    rotations: &[SignedPerm],
+    weights: &[f64],
+    mut f: impl FnMut(&SignedPerm) -> Tensor<5>,
+) -> Tensor<5> {
+    assert_eq!(rotations.len(), weights.len(), "one weight per rotation");
+    if rotations.len() == 1 {
+        return f(&rotations[0]);
+    }
+    rotations
+        .iter()
+        .zip(weights)
+        .map(|(r, &w)| f(r).mul_scalar(w))
+        .reduce(|a, b| a + b)
+        .expect("at least one rotation")
+}
+
+/// Weighted mean of a map rotated by each of the rotations.
+pub fn mean_rotated(x: Tensor<5>, rotations: &[SignedPerm], weights: &[f64]) -> Tensor<5> {
+    mean_over(rotations, weights, |r| rotate_spatial(x.clone(), r))
 }
 
 /// How well rotation `r` lines the auxiliary map `[B, C, n, n, n]` up with the
@@ -213,5 +234,46 @@ mod tests {
         theta[9] = 2.0;
         theta[1] = 2.0;
         assert_eq!(top_k(&theta, 3), vec![4, 1, 9]);
+    }
+
+    #[test]
+    fn rotation_weights_follow_the_policy_or_are_uniform() {
+        let lp = [0.5f32.ln(), 0.25f32.ln(), 0.05f32.ln(), 0.2f32.ln()];
+        let w = rotation_weights(&lp, true);
+        let want = [0.5, 0.25, 0.05, 0.2];
+        for (a, b) in w.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{w:?}");
+        }
+        // renormalised over the chosen ones
+        let w = rotation_weights(&lp[..2], true);
+        assert!((w[0] - 2.0 / 3.0).abs() < 1e-6 && (w[1] - 1.0 / 3.0).abs() < 1e-6);
+        assert_eq!(rotation_weights(&lp, false), vec![0.25; 4]);
+        assert_eq!(rotation_weights(&lp[..1], true), vec![1.0]);
+    }
+
+    #[test]
+    fn the_weighted_mean_of_rotated_maps_is_the_hand_computed_one() {
+        let dev = Device::flex();
+        let x = Tensor::<5>::from_data(
+            TensorData::new(
+                (0..8).map(|v| v as f32).collect::<Vec<_>>(),
+                [1, 1, 2, 2, 2],
+            ),
+            &dev,
+        );
+        let rots = cube_rotations();
+        let (a, b) = (rots[0], rots[5]);
+        let got: Vec<f32> = mean_rotated(x.clone(), &[a, b], &[0.75, 0.25])
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        let ra: Vec<f32> = rotate_spatial(x.clone(), &a)
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        let rb: Vec<f32> = rotate_spatial(x, &b).into_data().iter::<f32>().collect();
+        for i in 0..8 {
+            assert!((got[i] - (0.75 * ra[i] + 0.25 * rb[i])).abs() < 1e-6);
+        }
     }
 }

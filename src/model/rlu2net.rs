@@ -9,7 +9,7 @@ use super::config::{EncoderWeights, ModelConfig};
 use super::decoder::{Decoder, ResFusion};
 use super::layers::plain_layer_norm;
 use super::layers::{channels_first, channels_last};
-use super::pose_align::{ActionMode, mean_rotated, rotations_of};
+use super::pose_align::{ActionMode, mean_rotated, rotation_weights, rotations_of};
 use super::swin::SwinEncoder;
 use super::xalign::{AlignOutput, RlXAlign};
 
@@ -109,11 +109,12 @@ impl RlU2Net {
             if let Some(module) = self.align.get(l) {
                 let (actions, log_probs) = module.pose.choose(self.k_sel, mode, l);
                 let (rots, inv) = rotations_of(&actions);
+                let w = rotation_weights(&log_probs, module.by_policy);
                 let (a, b, rec) = module.forward(x_ct, x_mr, &rots, &inv, actions, log_probs);
                 x_ct = a;
                 x_mr = b;
                 records.push(rec);
-                level_rotations.push((rots, inv));
+                level_rotations.push((rots, inv, w));
             }
             hidden_ct.push(x_ct.clone());
             hidden_mr.push(x_mr.clone());
@@ -136,10 +137,10 @@ impl RlU2Net {
             let mut f_ct = Vec::with_capacity(4);
             let mut f_mr = Vec::with_capacity(4);
             for l in 0..4 {
-                let (rots, inv) = &level_rotations[l];
+                let (rots, inv, w) = &level_rotations[l];
                 // the other branch's skip turned into this branch's pose by that level's rotations
-                let mr_in_ct_pose = mean_rotated(skips_mr[l].clone(), rots);
-                let ct_in_mr_pose = mean_rotated(skips_ct[l].clone(), inv);
+                let mr_in_ct_pose = mean_rotated(skips_mr[l].clone(), rots, w);
+                let ct_in_mr_pose = mean_rotated(skips_ct[l].clone(), inv, w);
                 f_ct.push(self.fusion_ct[l].forward(skips_ct[l].clone(), mr_in_ct_pose));
                 f_mr.push(self.fusion_mr[l].forward(skips_mr[l].clone(), ct_in_mr_pose));
             }

@@ -3,9 +3,9 @@
 use burn::prelude::*;
 
 use super::cma::Cma;
-use super::config::{ModelConfig, PoseAlignTarget};
+use super::config::{ModelConfig, PoseAlignTarget, RotationWeights};
 use super::layers::rotate_spatial;
-use super::pose_align::{PoseAlign, mean_over, mean_rotated};
+use super::pose_align::{PoseAlign, mean_over, mean_rotated, rotation_weights};
 use crate::geometry::SignedPerm;
 
 #[derive(Module, Debug)]
@@ -18,6 +18,8 @@ pub struct RlXAlign {
     pub lambda: f64,
     pub rotate_cross: bool,
     pub bidirectional: bool,
+    /// Weight the chosen rotations by their policy probability (else equally).
+    pub by_policy: bool,
 }
 
 /// What one module produced in one forward pass.
@@ -48,6 +50,7 @@ impl RlXAlign {
             lambda: cfg.lambda,
             rotate_cross: cfg.pose_align_target == PoseAlignTarget::Cross,
             bidirectional: cfg.cma_bidirectional,
+            by_policy: cfg.rotation_weights == RotationWeights::Policy,
         }
     }
 
@@ -58,14 +61,17 @@ impl RlXAlign {
         primary: &Tensor<5>,
         auxiliary: &Tensor<5>,
         rots: &[SignedPerm],
+        weights: &[f64],
     ) -> Tensor<5> {
         match cma {
             // no_cma: PoseAlign acts on the auxiliary map itself
-            None => mean_rotated(auxiliary.clone(), rots),
-            Some(cma) if self.rotate_cross => {
-                mean_rotated(cma.forward(primary.clone(), auxiliary.clone()), rots)
-            }
-            Some(cma) => mean_over(rots, |r| {
+            None => mean_rotated(auxiliary.clone(), rots, weights),
+            Some(cma) if self.rotate_cross => mean_rotated(
+                cma.forward(primary.clone(), auxiliary.clone()),
+                rots,
+                weights,
+            ),
+            Some(cma) => mean_over(rots, weights, |r| {
                 cma.forward(primary.clone(), rotate_spatial(auxiliary.clone(), r))
             }),
         }
@@ -81,11 +87,12 @@ impl RlXAlign {
         actions: Vec<usize>,
         log_probs: Vec<f32>,
     ) -> (Tensor<5>, Tensor<5>, AlignOutput) {
-        let aligned_ct = self.aligned(self.cma_ct.as_ref(), &ct, &mr, rots);
+        let w = rotation_weights(&log_probs, self.by_policy);
+        let aligned_ct = self.aligned(self.cma_ct.as_ref(), &ct, &mr, rots, &w);
         let out_ct =
             aligned_ct.clone().mul_scalar(self.lambda) + ct.clone().mul_scalar(1.0 - self.lambda); // eq. 7
         let (out_mr, aligned_mr, primary_mr) = if self.bidirectional {
-            let aligned_mr = self.aligned(self.cma_mr.as_ref(), &mr, &ct, inv);
+            let aligned_mr = self.aligned(self.cma_mr.as_ref(), &mr, &ct, inv, &w);
             let out = aligned_mr.clone().mul_scalar(self.lambda)
                 + mr.clone().mul_scalar(1.0 - self.lambda);
             (out, Some(aligned_mr), Some(mr.clone()))
