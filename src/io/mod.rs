@@ -131,6 +131,71 @@ mod tests {
     }
 
     #[test]
+    fn nibabel_nifti2_file_reads_like_its_nifti1_twin() {
+        // the same data, scaling and sform as nibabel_lps_oblique_int16.nii.gz, written by
+        // nibabel as NIfTI-2 (sizeof_hdr 540, 64-bit fields)
+        let (two, info) = read_nifti::<f32>(&fixture("nibabel_nifti2_int16.nii.gz")).unwrap();
+        let (one, _) = read_nifti::<f32>(&fixture("nibabel_lps_oblique_int16.nii.gz")).unwrap();
+        assert_eq!(info.dtype, DType::Int16);
+        assert_eq!((info.scl_slope, info.scl_inter), (2.0, -1.0));
+        assert_eq!(two.shape(), [4, 3, 2]);
+        assert_eq!(two.data[[1, 2, 1]], 31.0);
+        assert_eq!(two.data, one.data);
+        assert_eq!(info.affine_source, "sform");
+        for r in 0..4 {
+            for c in 0..4 {
+                assert!(
+                    (two.affine[(r, c)] - one.affine[(r, c)]).abs() < 1e-6,
+                    "[{r},{c}]"
+                );
+            }
+        }
+        // and a big-endian copy of its header reads the same
+        let raw = {
+            use std::io::Read;
+            let mut v = Vec::new();
+            flate2::read::MultiGzDecoder::new(
+                &std::fs::read(fixture("nibabel_nifti2_int16.nii.gz")).unwrap()[..],
+            )
+            .read_to_end(&mut v)
+            .unwrap();
+            v
+        };
+        let mut be = raw.clone();
+        let swap = |b: &mut [u8], o: usize, n: usize| b[o..o + n].reverse();
+        swap(&mut be, 0, 4);
+        for o in [12, 14] {
+            swap(&mut be, o, 2);
+        }
+        for i in 0..8 {
+            swap(&mut be, 16 + 8 * i, 8);
+            swap(&mut be, 104 + 8 * i, 8);
+        }
+        for o in [168, 176, 184, 352, 360, 368, 376, 384, 392] {
+            swap(&mut be, o, 8);
+        }
+        for o in [344, 348] {
+            swap(&mut be, o, 4);
+        }
+        for i in 0..12 {
+            swap(&mut be, 400 + 8 * i, 8);
+        }
+        for v in be[544..].chunks_mut(2) {
+            v.reverse();
+        }
+        let (b, _) = read_nifti_bytes::<f32>(&be, Path::new("be.nii")).unwrap();
+        assert_eq!(b.data, one.data);
+        assert!((b.affine - two.affine).abs().max() < 1e-9);
+        // a NIfTI-2 header with a huge dimension is refused, naming it
+        let mut big = raw.clone();
+        big[24..32].copy_from_slice(&100_000i64.to_le_bytes());
+        let e = read_nifti_bytes::<f32>(&big, Path::new("big.nii"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NIfTI-2") && e.contains("100000"), "{e}");
+    }
+
+    #[test]
     fn qform_only_file_uses_qform_with_negative_qfac() {
         // nibabel: affine [[0,1.5,0,0],[2,0,0,0],[0,0,3,0]], sform_code 0, qform_code 1
         let (vol, info) = read_nifti::<f32>(&fixture("nibabel_qform_only_float32.nii")).unwrap();

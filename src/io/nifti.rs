@@ -205,7 +205,111 @@ struct Declared {
     need: usize,
 }
 
-/// Validate the 348-byte header `raw` without trusting any of its numbers.
+const NIFTI2_HEADER: u64 = 540;
+
+/// `Some(big_endian)` when `raw` starts like a NIfTI-2 header (sizeof_hdr 540).
+fn nifti2_endianness(raw: &[u8]) -> Option<bool> {
+    let b: [u8; 4] = raw.get(0..4)?.try_into().ok()?;
+    if i32::from_le_bytes(b) == 540 {
+        Some(false)
+    } else if i32::from_be_bytes(b) == 540 {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+/// A NIfTI-2 header (540 bytes, 64-bit fields) as the NIfTI-1 header structure the
+/// rest of the reader works with (the voxel data is read the same way). Dimensions
+/// beyond NIfTI-1's 32 767 are an error, and so is a header/image pair (`ni2`).
+fn nifti2_header(raw: &[u8], big: bool) -> Result<NiftiHeader, String> {
+    if raw.len() < NIFTI2_HEADER as usize {
+        return Err(format!("header cut short: {} of 540 bytes", raw.len()));
+    }
+    let at = |o: usize, n: usize| &raw[o..o + n];
+    let i16_at = |o: usize| {
+        let b = at(o, 2).try_into().unwrap();
+        if big {
+            i16::from_be_bytes(b)
+        } else {
+            i16::from_le_bytes(b)
+        }
+    };
+    let i32_at = |o: usize| {
+        let b = at(o, 4).try_into().unwrap();
+        if big {
+            i32::from_be_bytes(b)
+        } else {
+            i32::from_le_bytes(b)
+        }
+    };
+    let i64_at = |o: usize| {
+        let b = at(o, 8).try_into().unwrap();
+        if big {
+            i64::from_be_bytes(b)
+        } else {
+            i64::from_le_bytes(b)
+        }
+    };
+    let f64_at = |o: usize| {
+        let b = at(o, 8).try_into().unwrap();
+        if big {
+            f64::from_be_bytes(b)
+        } else {
+            f64::from_le_bytes(b)
+        }
+    };
+    if at(4, 4) != b"n+2\0" {
+        return Err(format!(
+            "not a single-file NIfTI-2 image (magic {:?}; header/image pairs are not read)",
+            String::from_utf8_lossy(at(4, 3))
+        ));
+    }
+    let mut h = NiftiHeader {
+        sizeof_hdr: 348,
+        datatype: i16_at(12),
+        bitpix: i16_at(14),
+        ..NiftiHeader::default()
+    };
+    for i in 0..8 {
+        let d = i64_at(16 + 8 * i);
+        if !(0..=i16::MAX as i64).contains(&d) {
+            return Err(format!("dim[{i}] = {d} (0 to 32767 are read)"));
+        }
+        h.dim[i] = d as u16;
+        h.pixdim[i] = f64_at(104 + 8 * i) as f32;
+    }
+    let off = i64_at(168);
+    // out of range: left to the common vox_offset check, which names it
+    h.vox_offset = if (0..=MAX_VOXEL_BYTES as i64).contains(&off) {
+        off as f32
+    } else {
+        f32::NAN
+    };
+    h.scl_slope = f64_at(176) as f32;
+    h.scl_inter = f64_at(184) as f32;
+    h.qform_code = i32_at(344).clamp(0, i16::MAX as i32) as i16;
+    h.sform_code = i32_at(348).clamp(0, i16::MAX as i32) as i16;
+    h.quatern_b = f64_at(352) as f32;
+    h.quatern_c = f64_at(360) as f32;
+    h.quatern_d = f64_at(368) as f32;
+    h.quatern_x = f64_at(376) as f32;
+    h.quatern_y = f64_at(384) as f32;
+    h.quatern_z = f64_at(392) as f32;
+    for c in 0..4 {
+        h.srow_x[c] = f64_at(400 + 8 * c) as f32;
+        h.srow_y[c] = f64_at(432 + 8 * c) as f32;
+        h.srow_z[c] = f64_at(464 + 8 * c) as f32;
+    }
+    h.endianness = if big {
+        nifti::Endianness::Big
+    } else {
+        nifti::Endianness::Little
+    };
+    Ok(h)
+}
+
+/// Validate the header `raw` (348 bytes, or 540 for NIfTI-2) without trusting any of its numbers.
 fn declared(raw: &[u8], err: &impl Fn(String) -> VolumeError) -> Result<Declared, VolumeError> {
     if raw.len() < 348 {
         return Err(err(format!(
@@ -213,18 +317,19 @@ fn declared(raw: &[u8], err: &impl Fn(String) -> VolumeError) -> Result<Declared
             raw.len()
         )));
     }
-    let sizeof_le = i32::from_le_bytes(raw[0..4].try_into().unwrap());
-    let sizeof_be = i32::from_be_bytes(raw[0..4].try_into().unwrap());
-    if sizeof_le == 540 || sizeof_be == 540 {
-        return Err(err(
-            "NIfTI-2 files are not supported; convert to NIfTI-1 (e.g. with nibabel: nib.Nifti1Image(img.dataobj, img.affine))".into(),
-        ));
-    }
-    if sizeof_le != 348 && sizeof_be != 348 {
-        return Err(err("not a NIfTI-1 file (sizeof_hdr is not 348)".into()));
-    }
-    let header =
-        NiftiHeader::from_reader(raw).map_err(|e| err(format!("invalid NIfTI header: {e}")))?;
+    let header = match nifti2_endianness(raw) {
+        Some(big) => nifti2_header(raw, big).map_err(|p| err(format!("NIfTI-2: {p}")))?,
+        None => {
+            let sizeof_le = i32::from_le_bytes(raw[0..4].try_into().unwrap());
+            let sizeof_be = i32::from_be_bytes(raw[0..4].try_into().unwrap());
+            if sizeof_le != 348 && sizeof_be != 348 {
+                return Err(err(
+                    "not a NIfTI file (sizeof_hdr is neither 348 nor 540)".into()
+                ));
+            }
+            NiftiHeader::from_reader(raw).map_err(|e| err(format!("invalid NIfTI header: {e}")))?
+        }
+    };
 
     let ndim = header.dim[0];
     if !(1..=7).contains(&ndim) {
@@ -324,11 +429,17 @@ fn read_nifti_from<T: Voxel, R: Read>(
     };
     let gz_err = |e: std::io::Error| err(format!("corrupt or truncated gzip stream ({e})"));
     let read_err = |e: std::io::Error| if gz { gz_err(e) } else { io_err(e) };
-    let mut raw = Vec::with_capacity(352);
+    let mut raw = Vec::with_capacity(544);
     (&mut src)
         .take(348)
         .read_to_end(&mut raw)
         .map_err(read_err)?;
+    if raw.len() == 348 && nifti2_endianness(&raw).is_some() {
+        (&mut src)
+            .take(NIFTI2_HEADER - 348)
+            .read_to_end(&mut raw)
+            .map_err(read_err)?;
+    }
     let Declared {
         header,
         shape,
