@@ -42,6 +42,8 @@ pub struct Input {
     pub ras_shape: [usize; 3],
     /// Normalised, RAS, at the working spacing.
     pub work: Volume<f32>,
+    /// The input file's NIfTI version; the label map is written in the same one.
+    pub nifti_version: u8,
 }
 
 /// The prediction of one volume.
@@ -52,6 +54,8 @@ pub struct Prediction {
     pub probabilities: Array4<f32>,
     pub work_affine: nalgebra::Matrix4<f64>,
     pub work_spacing: [f64; 3],
+    /// 1 or 2: the NIfTI version the label map is written in (the input's).
+    pub nifti_version: u8,
 }
 
 impl Predictor {
@@ -103,7 +107,7 @@ impl Predictor {
 
     /// Read and preprocess one input volume.
     pub fn prepare(&self, path: &Path, modality: Modality) -> anyhow::Result<Input> {
-        let (original, _) = read_nifti::<f32>(path)?;
+        let (original, info) = read_nifti::<f32>(path)?;
         let (lo, hi) = original
             .intensity_range()
             .with_context(|| format!("{}: every voxel is NaN", path.display()))?;
@@ -125,6 +129,7 @@ impl Predictor {
             original,
             reorientation: reo,
             work,
+            nifti_version: info.version,
         })
     }
 
@@ -298,6 +303,7 @@ impl Predictor {
             probabilities: probs,
             work_affine: primary.work.affine,
             work_spacing: primary.work.spacing,
+            nifti_version: primary.nifti_version,
         }
     }
 }
@@ -327,7 +333,11 @@ pub fn write_prediction(
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create the output folder", dir.display()))?;
     }
-    write_nifti(path, &p.labels, DType::Int16)?;
+    if p.nifti_version == 2 {
+        crate::io::write_nifti2(path, &p.labels, DType::Int16)?;
+    } else {
+        write_nifti(path, &p.labels, DType::Int16)?;
+    }
     let mut written = vec![path.to_path_buf()];
     if probabilities {
         let name = path

@@ -4,12 +4,14 @@ pub mod header;
 pub mod labels;
 pub mod layout;
 pub mod nifti;
+pub mod nifti2;
 pub mod orientation;
 pub mod volume;
 
 pub use self::nifti::{
     DType, NiftiInfo, VolumeError, Voxel, read_nifti, read_nifti_bytes, write_nifti,
 };
+pub use nifti2::write_nifti2;
 pub use orientation::{Orientation, Reorientation, from_ras, to_ras};
 pub use volume::Volume;
 

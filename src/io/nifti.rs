@@ -98,6 +98,8 @@ impl<T: DataElement + bytemuck::Pod + num_traits::NumCast + PartialOrd + Send + 
 /// What the header said besides the volume itself.
 #[derive(Clone, Debug)]
 pub struct NiftiInfo {
+    /// 1 or 2: the NIfTI version of the file.
+    pub version: u8,
     pub dtype: DType,
     /// "sform", "qform" or "pixdim": where the affine came from.
     pub affine_source: &'static str,
@@ -501,6 +503,7 @@ fn read_nifti_from<T: Voxel, R: Read>(
             affine,
         },
         NiftiInfo {
+            version: if nifti2_endianness(&raw).is_some() { 2 } else { 1 },
             dtype,
             affine_source,
             scl_slope,
@@ -655,7 +658,7 @@ pub fn write_nifti<T: Voxel>(
     }
 }
 
-fn cast_voxel<T: Voxel, U: Voxel>(v: T, integer_target: bool) -> U {
+pub(crate) fn cast_voxel<T: Voxel, U: Voxel>(v: T, integer_target: bool) -> U {
     let x: f64 = num_traits::cast(v).unwrap_or(f64::NAN);
     let x = if integer_target { x.round() } else { x };
     match num_traits::cast::<f64, U>(x) {
