@@ -84,25 +84,29 @@ fn inspect_names_the_file_with_an_unknown_label_value() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
 }
 
-#[test]
-fn infer_writes_statistics_and_a_preview_with_threads_and_device_flags() {
+/// A 2 + 1 pair SynthWHS set and a 2-step `tiny` run on it, trained by the binary
+/// with `train_args` before `--data` (e.g. global flags): (data, run).
+fn tiny_trained_run(
+    dir: &std::path::Path,
+    seed: u64,
+    train_args: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf) {
     use rlu2net::data::synth::{Scale, SynthOptions, generate};
-    use rlu2net::io::read_nifti;
-    let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("data");
+    let data = dir.join("data");
     let opts = SynthOptions {
         cases: 2,
         test_cases: 1,
-        seed: 2,
+        seed,
         scale: Scale::Small,
         ..SynthOptions::default()
     };
     generate(&opts, &data, &|| {}).unwrap();
-    let cfg = d.path().join("c.toml");
+    let cfg = dir.join("c.toml");
     std::fs::write(&cfg, "preset = \"tiny\"\nepochs = 1\nsteps_per_epoch = 2\n").unwrap();
-    let run = d.path().join("run");
+    let run = dir.join("run");
     let out = rlu2net()
-        .args(["--threads", "1", "train", "--device", "cpu", "--data"])
+        .args(train_args)
+        .arg("--data")
         .arg(&data)
         .arg("--out")
         .arg(&run)
@@ -115,6 +119,15 @@ fn infer_writes_statistics_and_a_preview_with_threads_and_device_flags() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (data, run)
+}
+
+#[test]
+fn infer_writes_statistics_and_a_preview_with_threads_and_device_flags() {
+    use rlu2net::io::read_nifti;
+    let d = tempfile::tempdir().unwrap();
+    let (data, run) =
+        tiny_trained_run(d.path(), 2, &["--threads", "1", "train", "--device", "cpu"]);
     let ct = data.join("ct_test/ct_test_2001_image.nii.gz");
     let pred = d.path().join("pred/ct.nii.gz");
     let out = rlu2net()
@@ -159,20 +172,8 @@ fn infer_writes_statistics_and_a_preview_with_threads_and_device_flags() {
 
 #[test]
 fn an_exported_model_file_predicts_byte_identically_to_its_run() {
-    use rlu2net::data::synth::{Scale, SynthOptions, generate};
     let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("data");
-    let opts = SynthOptions {
-        cases: 2,
-        test_cases: 1,
-        seed: 4,
-        scale: Scale::Small,
-        ..SynthOptions::default()
-    };
-    generate(&opts, &data, &|| {}).unwrap();
-    let cfg = d.path().join("c.toml");
-    std::fs::write(&cfg, "preset = \"tiny\"\nepochs = 1\nsteps_per_epoch = 2\n").unwrap();
-    let run = d.path().join("run");
+    let (data, run) = tiny_trained_run(d.path(), 4, &["train"]);
     let ok = |out: std::process::Output| {
         assert!(
             out.status.success(),
@@ -180,15 +181,6 @@ fn an_exported_model_file_predicts_byte_identically_to_its_run() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    ok(rlu2net()
-        .args(["train", "--data"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&run)
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap());
     let file = d.path().join("heart.rlu2net");
     ok(rlu2net()
         .arg("export")

@@ -229,38 +229,21 @@ fn nifti2_header(raw: &[u8], big: bool) -> Result<NiftiHeader, String> {
         return Err(format!("header cut short: {} of 540 bytes", raw.len()));
     }
     let at = |o: usize, n: usize| &raw[o..o + n];
-    let i16_at = |o: usize| {
-        let b = at(o, 2).try_into().unwrap();
-        if big {
-            i16::from_be_bytes(b)
-        } else {
-            i16::from_le_bytes(b)
-        }
-    };
-    let i32_at = |o: usize| {
-        let b = at(o, 4).try_into().unwrap();
-        if big {
-            i32::from_be_bytes(b)
-        } else {
-            i32::from_le_bytes(b)
-        }
-    };
-    let i64_at = |o: usize| {
-        let b = at(o, 8).try_into().unwrap();
-        if big {
-            i64::from_be_bytes(b)
-        } else {
-            i64::from_le_bytes(b)
-        }
-    };
-    let f64_at = |o: usize| {
-        let b = at(o, 8).try_into().unwrap();
-        if big {
-            f64::from_be_bytes(b)
-        } else {
-            f64::from_le_bytes(b)
-        }
-    };
+    // a number of type $t at offset $o in the header's byte order
+    macro_rules! num {
+        ($t:ty, $o:expr) => {{
+            let b = at($o, std::mem::size_of::<$t>()).try_into().unwrap();
+            if big {
+                <$t>::from_be_bytes(b)
+            } else {
+                <$t>::from_le_bytes(b)
+            }
+        }};
+    }
+    let i16_at = |o: usize| num!(i16, o);
+    let i32_at = |o: usize| num!(i32, o);
+    let i64_at = |o: usize| num!(i64, o);
+    let f64_at = |o: usize| num!(f64, o);
     if at(4, 4) != b"n+2\0" {
         return Err(format!(
             "not a single-file NIfTI-2 image (magic {:?}; header/image pairs are not read)",
