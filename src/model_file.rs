@@ -24,7 +24,6 @@ pub struct Header {
     pub checkpoint: String,
     pub config_toml: String,
     pub plan_json: String,
-    pub weights_bytes: u64,
 }
 
 /// Everything a predictor needs, from a run folder or a model file.
@@ -94,7 +93,6 @@ pub fn export(run: &Path, out: &Path) -> anyhow::Result<Header> {
         checkpoint: which,
         config_toml: parts.config_toml,
         plan_json: parts.plan_json,
-        weights_bytes: parts.weights.len() as u64,
     };
     let h = serde_json::to_vec(&header)?;
     let mut bytes = Vec::with_capacity(8 + 4 + 8 + h.len() + parts.weights.len() + 32);
@@ -139,13 +137,10 @@ pub fn read_model_file(path: &Path) -> anyhow::Result<ModelParts> {
         .with_context(|| format!("{name}: damaged header"))?;
     let header: Header = serde_json::from_slice(&body[20..header_end])
         .with_context(|| format!("{name}: damaged header"))?;
-    let weights = body[header_end..].to_vec();
-    anyhow::ensure!(
-        weights.len() as u64 == header.weights_bytes,
-        "{name}: damaged: {} bytes of weights, the header says {}",
-        weights.len(),
-        header.weights_bytes
-    );
+    // the weights are the rest of the body: moved to the front in place, no second buffer
+    bytes.truncate(bytes.len() - 32);
+    bytes.drain(..header_end);
+    let weights = bytes;
     Ok(ModelParts {
         config_toml: header.config_toml,
         plan_json: header.plan_json,

@@ -88,10 +88,26 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
             .output_dir
             .clone()
             .ok_or_else(|| anyhow::anyhow!("--input-dir needs --output-dir"))?;
-        let written = predict_dir(&p, dir, a.split.into(), &out, a.probabilities, true)?;
+        let mut stats = Vec::new();
+        let written = predict_dir(
+            &p,
+            dir,
+            a.split.into(),
+            &out,
+            a.probabilities,
+            true,
+            |case, input, pred| {
+                if a.statistics {
+                    let ct = case.modality == Modality::Ct;
+                    stats.push((case.name(), statistics(&input.original, &pred.labels, ct)?));
+                }
+                Ok(())
+            },
+        )?;
         eprintln!("wrote {} files to {}", written.len(), out.display());
         if a.statistics {
-            dir_statistics(dir, a.split.into(), &out)?;
+            let path = write_statistics(&out.join("statistics.json"), stats)?;
+            eprintln!("wrote {}", path.display());
         }
         return Ok(());
     }
@@ -116,7 +132,6 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
     let pb = crate::infer::window_bar(total);
     let mut written = Vec::new();
     let mut stats: Vec<(String, Statistics)> = Vec::new();
-    let mut previews = Vec::new();
     if let Some(c) = &ct {
         pb.set_message("CT");
         let pred = p.predict(c, mr.as_ref(), true, &pb);
@@ -125,12 +140,7 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
             stats.push(("ct".into(), statistics(&c.original, &pred.labels, true)?));
         }
         if let Some(png) = &a.preview {
-            previews.push((
-                png.clone(),
-                c.original.clone(),
-                pred.labels.clone(),
-                Modality::Ct,
-            ));
+            written.push(draw_preview(png, &c.original, &pred, Modality::Ct)?);
         }
     }
     if let Some(m) = &mr {
@@ -138,14 +148,7 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
         let path = match (&ct, &a.mr_out) {
             (None, _) => out.clone(),
             (Some(_), Some(o)) => o.clone(),
-            (Some(_), None) => {
-                let name = out
-                    .file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_default();
-                let stem = name.trim_end_matches(".gz").trim_end_matches(".nii");
-                out.with_file_name(format!("{stem}_mr.nii.gz"))
-            }
+            (Some(_), None) => with_suffix(&out, "_mr"),
         };
         let pred = p.predict(m, ct.as_ref(), false, &pb);
         written.extend(write_prediction(&path, &pred, a.probabilities)?);
@@ -158,15 +161,10 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
             } else {
                 png.clone()
             };
-            previews.push((png, m.original.clone(), pred.labels.clone(), Modality::Mr));
+            written.push(draw_preview(&png, &m.original, &pred, Modality::Mr)?);
         }
     }
     pb.finish_and_clear();
-    for (png, image, labels, modality) in previews {
-        let classes = crate::io::labels::labels_to_classes(&labels.map(|&v| v as f32), &png)?;
-        crate::viz::preview_png(&png, &image, &classes, modality)?;
-        written.push(png);
-    }
     if a.statistics {
         let dir = out
             .parent()
@@ -180,17 +178,30 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `name.ext` → `name{suffix}.ext` (also for `.nii.gz`).
+/// `name.ext` → `name{suffix}.ext`, `.nii.gz` counting as one extension.
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     let name = p
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    let (stem, ext) = match name.find('.') {
-        Some(i) => (&name[..i], &name[i..]),
-        None => (name.as_str(), ""),
+    let cut = if name.ends_with(".nii.gz") {
+        name.len() - ".nii.gz".len()
+    } else {
+        name.rfind('.').unwrap_or(name.len())
     };
-    p.with_file_name(format!("{stem}{suffix}{ext}"))
+    p.with_file_name(format!("{}{suffix}{}", &name[..cut], &name[cut..]))
+}
+
+/// Three planes through the predicted heart with the segmentation and a legend.
+fn draw_preview(
+    png: &Path,
+    image: &crate::io::Volume<f32>,
+    pred: &crate::infer::Prediction,
+    modality: Modality,
+) -> anyhow::Result<PathBuf> {
+    let classes = crate::io::labels::labels_to_classes(&pred.labels.map(|&v| v as f32), png)?;
+    crate::viz::preview_png(png, image, &classes, modality)?;
+    Ok(png.to_path_buf())
 }
 
 /// Print each entry's table and write them all as one JSON file.
@@ -206,27 +217,6 @@ fn write_statistics(path: &Path, stats: Vec<(String, Statistics)>) -> anyhow::Re
     )
     .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))?;
     Ok(path.to_path_buf())
-}
-
-/// Statistics of every case `predict_dir` wrote, read back with its image.
-fn dir_statistics(data: &Path, split: Split, out: &Path) -> anyhow::Result<()> {
-    let ds = crate::data::layout::discover(data)?;
-    let mut stats = Vec::new();
-    for m in [Modality::Ct, Modality::Mr] {
-        for c in ds.select(m, split) {
-            let lp = out.join(format!("{}_label.nii.gz", c.name()));
-            if !lp.exists() {
-                continue;
-            }
-            let (img, _) = crate::io::read_nifti::<f32>(&c.image)?;
-            let (lab, _) = crate::io::read_nifti::<i16>(&lp)?;
-            let s = statistics(&img, &lab, m == Modality::Ct)?;
-            stats.push((c.name(), s));
-        }
-    }
-    let path = write_statistics(&out.join("statistics.json"), stats)?;
-    eprintln!("wrote {}", path.display());
-    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -308,7 +298,7 @@ fn train_infer_evaluate(
     );
     let p = Predictor::load(&run, device(backend)?, 0.5, false)?;
     let preds = dir.join("predictions");
-    predict_dir(&p, data, Split::Test, &preds, false, true)?;
+    predict_dir(&p, data, Split::Test, &preds, false, true, |_, _, _| Ok(()))?;
     evaluate(&preds, data, Some(&dir.join("evaluation")))
 }
 
@@ -410,4 +400,18 @@ pub fn ablate(a: AblateArgs) -> anyhow::Result<()> {
     crate::io::write_atomically(&a.out.join("ablation.md"), t.as_bytes())?;
     println!("{t}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_suffix_goes_before_the_whole_extension() {
+        let p = |s: &str| with_suffix(Path::new(s), "_mr");
+        assert_eq!(p("out/ct.nii.gz"), Path::new("out/ct_mr.nii.gz"));
+        assert_eq!(p("ct.nii"), Path::new("ct_mr.nii"));
+        assert_eq!(p("a.b/case.v2.png"), Path::new("a.b/case.v2_mr.png"));
+        assert_eq!(p("noext"), Path::new("noext_mr"));
+    }
 }

@@ -369,7 +369,8 @@ pub fn window_bar(n: u64) -> indicatif::ProgressBar {
 /// Predict every `<case>_image.nii.gz` of one split of an MM-WHS-layout folder,
 /// writing `<case>_label.nii.gz` into `out`. CT and MRI cases are paired by their
 /// order (as a paired data set is in training); a modality without a partner is
-/// predicted alone (self-pairing).
+/// predicted alone (self-pairing). `each` is called with every case's input and
+/// prediction after it is written (statistics, previews), so nothing is read twice.
 pub fn predict_dir(
     p: &Predictor,
     data: &Path,
@@ -377,6 +378,7 @@ pub fn predict_dir(
     out: &Path,
     probabilities: bool,
     show_progress: bool,
+    mut each: impl FnMut(&crate::data::layout::Case, &Input, &Prediction) -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<PathBuf>> {
     use crate::data::layout::discover;
     let ds = discover(data)?;
@@ -417,6 +419,7 @@ pub fn predict_dir(
                 let pred = p.predict(x, partner.as_ref(), is_ct, &pb);
                 let path = out.join(format!("{}_label.nii.gz", c.name()));
                 written.extend(write_prediction(&path, &pred, probabilities)?);
+                each(c, x, &pred)?;
             }
         }
         pb.finish_and_clear();

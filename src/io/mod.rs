@@ -188,6 +188,17 @@ mod tests {
         let (b, _) = read_nifti_bytes::<f32>(&be, Path::new("be.nii")).unwrap();
         assert_eq!(b.data, one.data);
         assert!((b.affine - two.affine).abs().max() < 1e-9);
+        // a vox_offset inside the 540-byte header is refused (it made the reader ask
+        // for a negative number of bytes)
+        let mut inside = raw.clone();
+        inside[168..176].copy_from_slice(&400i64.to_le_bytes());
+        let e = read_nifti_bytes::<f32>(&inside, Path::new("in.nii"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("vox_offset 400") && e.contains("540-byte"),
+            "{e}"
+        );
         // a NIfTI-2 header with a huge dimension is refused, naming it
         let mut big = raw.clone();
         big[24..32].copy_from_slice(&100_000i64.to_le_bytes());

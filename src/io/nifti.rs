@@ -15,6 +15,7 @@ use nifti::writer::WriterOptions;
 use nifti::{DataElement, InMemNiftiVolume, NiftiHeader, NiftiType, XForm};
 use num_traits::FromPrimitive;
 
+use super::nifti2::{NIFTI2_HEADER, nifti2_endianness, nifti2_header};
 use super::volume::Volume;
 
 /// A problem with one file.
@@ -199,99 +200,14 @@ pub fn effective_scaling(slope: f32, inter: f32) -> (f32, f32) {
 
 /// What the header promises: the 3D shape, the voxel type and where the voxels lie.
 struct Declared {
+    /// 1 or 2.
+    version: u8,
     header: NiftiHeader,
     shape: [usize; 3],
     dtype: DType,
     spacing: [f64; 3],
     offset: usize,
     need: usize,
-}
-
-const NIFTI2_HEADER: u64 = 540;
-
-/// `Some(big_endian)` when `raw` starts like a NIfTI-2 header (sizeof_hdr 540).
-fn nifti2_endianness(raw: &[u8]) -> Option<bool> {
-    let b: [u8; 4] = raw.get(0..4)?.try_into().ok()?;
-    if i32::from_le_bytes(b) == 540 {
-        Some(false)
-    } else if i32::from_be_bytes(b) == 540 {
-        Some(true)
-    } else {
-        None
-    }
-}
-
-/// A NIfTI-2 header (540 bytes, 64-bit fields) as the NIfTI-1 header structure the
-/// rest of the reader works with (the voxel data is read the same way). Dimensions
-/// beyond NIfTI-1's 32 767 are an error, and so is a header/image pair (`ni2`).
-fn nifti2_header(raw: &[u8], big: bool) -> Result<NiftiHeader, String> {
-    if raw.len() < NIFTI2_HEADER as usize {
-        return Err(format!("header cut short: {} of 540 bytes", raw.len()));
-    }
-    let at = |o: usize, n: usize| &raw[o..o + n];
-    // a number of type $t at offset $o in the header's byte order
-    macro_rules! num {
-        ($t:ty, $o:expr) => {{
-            let b = at($o, std::mem::size_of::<$t>()).try_into().unwrap();
-            if big {
-                <$t>::from_be_bytes(b)
-            } else {
-                <$t>::from_le_bytes(b)
-            }
-        }};
-    }
-    let i16_at = |o: usize| num!(i16, o);
-    let i32_at = |o: usize| num!(i32, o);
-    let i64_at = |o: usize| num!(i64, o);
-    let f64_at = |o: usize| num!(f64, o);
-    if at(4, 4) != b"n+2\0" {
-        return Err(format!(
-            "not a single-file NIfTI-2 image (magic {:?}; header/image pairs are not read)",
-            String::from_utf8_lossy(at(4, 3))
-        ));
-    }
-    let mut h = NiftiHeader {
-        sizeof_hdr: 348,
-        datatype: i16_at(12),
-        bitpix: i16_at(14),
-        ..NiftiHeader::default()
-    };
-    for i in 0..8 {
-        let d = i64_at(16 + 8 * i);
-        if !(0..=i16::MAX as i64).contains(&d) {
-            return Err(format!("dim[{i}] = {d} (0 to 32767 are read)"));
-        }
-        h.dim[i] = d as u16;
-        h.pixdim[i] = f64_at(104 + 8 * i) as f32;
-    }
-    let off = i64_at(168);
-    // out of range: left to the common vox_offset check, which names it
-    h.vox_offset = if (0..=MAX_VOXEL_BYTES as i64).contains(&off) {
-        off as f32
-    } else {
-        f32::NAN
-    };
-    h.scl_slope = f64_at(176) as f32;
-    h.scl_inter = f64_at(184) as f32;
-    h.qform_code = i32_at(344).clamp(0, i16::MAX as i32) as i16;
-    h.sform_code = i32_at(348).clamp(0, i16::MAX as i32) as i16;
-    h.quatern_b = f64_at(352) as f32;
-    h.quatern_c = f64_at(360) as f32;
-    h.quatern_d = f64_at(368) as f32;
-    h.quatern_x = f64_at(376) as f32;
-    h.quatern_y = f64_at(384) as f32;
-    h.quatern_z = f64_at(392) as f32;
-    for c in 0..4 {
-        h.srow_x[c] = f64_at(400 + 8 * c) as f32;
-        h.srow_y[c] = f64_at(432 + 8 * c) as f32;
-        h.srow_z[c] = f64_at(464 + 8 * c) as f32;
-    }
-    h.endianness = if big {
-        nifti::Endianness::Big
-    } else {
-        nifti::Endianness::Little
-    };
-    Ok(h)
 }
 
 /// Validate the header `raw` (348 bytes, or 540 for NIfTI-2) without trusting any of its numbers.
@@ -302,7 +218,9 @@ fn declared(raw: &[u8], err: &impl Fn(String) -> VolumeError) -> Result<Declared
             raw.len()
         )));
     }
-    let header = match nifti2_endianness(raw) {
+    let nifti2 = nifti2_endianness(raw);
+    let header_len = if nifti2.is_some() { NIFTI2_HEADER } else { 348 };
+    let header = match nifti2 {
         Some(big) => nifti2_header(raw, big).map_err(|p| err(format!("NIfTI-2: {p}")))?,
         None => {
             let sizeof_le = i32::from_le_bytes(raw[0..4].try_into().unwrap());
@@ -361,9 +279,12 @@ fn declared(raw: &[u8], err: &impl Fn(String) -> VolumeError) -> Result<Declared
     let spacing = [0, 1, 2].map(|a| header.pixdim[a + 1] as f64);
 
     let offset = header.vox_offset;
-    if !(offset.is_finite() && offset >= 348.0 && (offset as f64) <= MAX_VOXEL_BYTES as f64) {
+    if !(offset.is_finite()
+        && offset as f64 >= header_len as f64
+        && offset as f64 <= MAX_VOXEL_BYTES as f64)
+    {
         return Err(err(format!(
-            "invalid vox_offset {offset} (the voxel data must start after the 348-byte header)"
+            "invalid vox_offset {offset} (the voxel data must start after the {header_len}-byte header)"
         )));
     }
     let offset = offset as usize;
@@ -382,6 +303,7 @@ fn declared(raw: &[u8], err: &impl Fn(String) -> VolumeError) -> Result<Declared
             ))
         })? as usize;
     Ok(Declared {
+        version: if nifti2.is_some() { 2 } else { 1 },
         header,
         shape,
         dtype,
@@ -426,6 +348,7 @@ fn read_nifti_from<T: Voxel, R: Read>(
             .map_err(read_err)?;
     }
     let Declared {
+        version,
         header,
         shape,
         dtype,
@@ -433,9 +356,10 @@ fn read_nifti_from<T: Voxel, R: Read>(
         offset,
         need,
     } = declared(&raw, &err)?;
+    // offset ≥ the header's length, so this never goes below what is already read
     let total = (offset + need) as u64;
     (&mut src)
-        .take(total - raw.len() as u64)
+        .take(total.saturating_sub(raw.len() as u64))
         .read_to_end(&mut raw)
         .map_err(read_err)?;
     if raw.len() < offset + need {
@@ -468,7 +392,10 @@ fn read_nifti_from<T: Voxel, R: Read>(
         1,
         1,
     ];
-    let vol = InMemNiftiVolume::from_raw_data(&h3, raw[offset..offset + need].to_vec())
+    // the voxel bytes, moved to the front in place (no second buffer of the volume's size)
+    raw.truncate(offset + need);
+    raw.drain(..offset);
+    let vol = InMemNiftiVolume::from_raw_data(&h3, raw)
         .map_err(|e| err(format!("cannot read voxel data: {e}")))?;
     let arr = vol
         .into_ndarray::<T>()
@@ -486,7 +413,7 @@ fn read_nifti_from<T: Voxel, R: Read>(
             affine,
         },
         NiftiInfo {
-            version: if nifti2_endianness(&raw).is_some() { 2 } else { 1 },
+            version,
             dtype,
             affine_source,
             scl_slope,
@@ -511,15 +438,18 @@ fn reject_non_finite<T: Voxel>(data: &Array3<T>, dtype: DType, scaled: bool) -> 
         return Ok(());
     }
     let finite = |v: &T| num_traits::cast::<T, f64>(*v).is_some_and(f64::is_finite);
-    let bad = data.iter().filter(|v| !finite(v)).count();
+    let (mut bad, mut first) = (0usize, [0usize; 3]);
+    for ((i, j, k), v) in data.indexed_iter() {
+        if !finite(v) {
+            if bad == 0 {
+                first = [i, j, k];
+            }
+            bad += 1;
+        }
+    }
     if bad == 0 {
         return Ok(());
     }
-    let first = data
-        .indexed_iter()
-        .find(|(_, v)| !finite(v))
-        .map(|(i, _)| [i.0, i.1, i.2])
-        .unwrap_or_default();
     Err(format!(
         "{bad} voxel(s) are NaN or infinite (the first at voxel {first:?}); replace them (for example with the background value) before using this file"
     ))

@@ -1,6 +1,7 @@
-//! NIfTI-2 writing (540-byte header, 64-bit fields; reading is in `nifti.rs`). The
-//! `nifti` crate writes NIfTI-1 only. Files are written in the machine's byte order
-//! (readers detect it from sizeof_hdr), through a temporary file and a rename.
+//! NIfTI-2 (540-byte header, 64-bit fields), which the `nifti` crate does not know:
+//! the header parsed into the NIfTI-1 structure that `nifti.rs`'s checked reader
+//! works with, and the writer. Files are written in the machine's byte order (readers
+//! detect it from sizeof_hdr), through a temporary file and a rename.
 
 use std::path::Path;
 
@@ -8,8 +9,95 @@ use nalgebra::Matrix4;
 use ndarray::Array3;
 use nifti::{NiftiHeader, XForm};
 
-use super::nifti::{DType, VolumeError, Voxel, cast_voxel};
+use super::nifti::{DType, MAX_VOXEL_BYTES, VolumeError, Voxel, cast_voxel};
 use super::volume::Volume;
+
+pub(crate) const NIFTI2_HEADER: u64 = 540;
+
+/// `Some(big_endian)` when `raw` starts like a NIfTI-2 header (sizeof_hdr 540).
+pub(crate) fn nifti2_endianness(raw: &[u8]) -> Option<bool> {
+    let b: [u8; 4] = raw.get(0..4)?.try_into().ok()?;
+    if i32::from_le_bytes(b) == 540 {
+        Some(false)
+    } else if i32::from_be_bytes(b) == 540 {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+/// A NIfTI-2 header (540 bytes, 64-bit fields) as the NIfTI-1 header structure the
+/// rest of the reader works with (the voxel data is read the same way). Dimensions
+/// beyond NIfTI-1's 32 767 are an error, and so is a header/image pair (`ni2`).
+pub(crate) fn nifti2_header(raw: &[u8], big: bool) -> Result<NiftiHeader, String> {
+    if raw.len() < NIFTI2_HEADER as usize {
+        return Err(format!("header cut short: {} of 540 bytes", raw.len()));
+    }
+    let at = |o: usize, n: usize| &raw[o..o + n];
+    // a number of type $t at offset $o in the header's byte order
+    macro_rules! num {
+        ($t:ty, $o:expr) => {{
+            let b = at($o, std::mem::size_of::<$t>()).try_into().unwrap();
+            if big {
+                <$t>::from_be_bytes(b)
+            } else {
+                <$t>::from_le_bytes(b)
+            }
+        }};
+    }
+    let i16_at = |o: usize| num!(i16, o);
+    let i32_at = |o: usize| num!(i32, o);
+    let i64_at = |o: usize| num!(i64, o);
+    let f64_at = |o: usize| num!(f64, o);
+    if at(4, 4) != b"n+2\0" {
+        return Err(format!(
+            "not a single-file NIfTI-2 image (magic {:?}; header/image pairs are not read)",
+            String::from_utf8_lossy(at(4, 3))
+        ));
+    }
+    let mut h = NiftiHeader {
+        sizeof_hdr: 348,
+        datatype: i16_at(12),
+        bitpix: i16_at(14),
+        ..NiftiHeader::default()
+    };
+    for i in 0..8 {
+        let d = i64_at(16 + 8 * i);
+        if !(0..=i16::MAX as i64).contains(&d) {
+            return Err(format!("dim[{i}] = {d} (0 to 32767 are read)"));
+        }
+        h.dim[i] = d as u16;
+        h.pixdim[i] = f64_at(104 + 8 * i) as f32;
+    }
+    let off = i64_at(168);
+    // out of range: left to the common vox_offset check, which names it
+    h.vox_offset = if (0..=MAX_VOXEL_BYTES as i64).contains(&off) {
+        off as f32
+    } else {
+        f32::NAN
+    };
+    h.scl_slope = f64_at(176) as f32;
+    h.scl_inter = f64_at(184) as f32;
+    h.qform_code = i32_at(344).clamp(0, i16::MAX as i32) as i16;
+    h.sform_code = i32_at(348).clamp(0, i16::MAX as i32) as i16;
+    h.quatern_b = f64_at(352) as f32;
+    h.quatern_c = f64_at(360) as f32;
+    h.quatern_d = f64_at(368) as f32;
+    h.quatern_x = f64_at(376) as f32;
+    h.quatern_y = f64_at(384) as f32;
+    h.quatern_z = f64_at(392) as f32;
+    for c in 0..4 {
+        h.srow_x[c] = f64_at(400 + 8 * c) as f32;
+        h.srow_y[c] = f64_at(432 + 8 * c) as f32;
+        h.srow_z[c] = f64_at(464 + 8 * c) as f32;
+    }
+    h.endianness = if big {
+        nifti::Endianness::Big
+    } else {
+        nifti::Endianness::Little
+    };
+    Ok(h)
+}
 
 fn nifti_datatype(d: DType) -> (i16, i16) {
     match d {

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::io::Volume;
-use crate::io::labels::{LABEL_VALUES, STRUCTURES};
+use crate::io::labels::{LABEL_VALUES, STRUCTURES, class_of_value};
 
 /// Density of myocardium used for the LV mass (g/mL), as in cardiac MR and CT reports.
 pub const MYOCARDIAL_DENSITY_G_PER_ML: f64 = 1.05;
@@ -59,7 +59,10 @@ pub fn statistics(
     let mut mean = [0.0f64; 7];
     let mut m2 = [0.0f64; 7];
     for (&l, &x) in labels.data.iter().zip(image.data.iter()) {
-        let Some(c) = LABEL_VALUES[1..].iter().position(|&v| v == l as i32) else {
+        let Some(c) = class_of_value(l as i32)
+            .filter(|&c| c > 0)
+            .map(|c| c as usize - 1)
+        else {
             continue;
         };
         n[c] += 1;
