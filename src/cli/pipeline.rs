@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
+
 use crate::data::layout::{Modality, Split};
 use crate::device::{Backend, device};
 use crate::infer::{Predictor, predict_dir, write_prediction};
@@ -16,15 +18,22 @@ pub struct InferArgs {
     /// Run folder from `rlu2net train`, or a model file from `rlu2net export`.
     #[arg(long)]
     pub model: PathBuf,
-    /// A CT volume to segment.
+    /// A CT volume to segment: a NIfTI file, or a DICOM series (a folder or `.zip` of
+    /// one series, or one enhanced multi-frame file).
     #[arg(long, conflicts_with = "input_dir")]
     pub ct: Option<PathBuf>,
-    /// An MRI volume to segment (paired with --ct when both are given).
+    /// An MRI volume to segment (paired with --ct when both are given): NIfTI or DICOM.
     #[arg(long, conflicts_with = "input_dir")]
     pub mr: Option<PathBuf>,
-    /// Output label file (for --ct, else for --mr).
+    /// Output label file (for --ct, else for --mr): `.nii.gz`, or with
+    /// `--out-format dicom-seg` a DICOM SEG file (e.g. `seg.dcm`).
     #[arg(long, requires = "model")]
     pub out: Option<PathBuf>,
+    /// `nifti`: MM-WHS label values on the input's grid; `dicom-seg`: a DICOM
+    /// Segmentation object referencing the input DICOM series (one segment per
+    /// structure, SNOMED CT coded).
+    #[arg(long, value_enum, default_value_t = OutFormat::Nifti, conflicts_with = "input_dir")]
+    pub out_format: OutFormat,
     /// Output label file for --mr when --ct is given too (default: OUT with `_mr` added).
     #[arg(long)]
     pub mr_out: Option<PathBuf>,
@@ -58,6 +67,12 @@ pub struct InferArgs {
     /// Where to compute (`--device` as in nnU-Net and TotalSegmentator; `--backend` also works).
     #[arg(long, visible_alias = "device", value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutFormat {
+    Nifti,
+    DicomSeg,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -135,7 +150,7 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
     if let Some(c) = &ct {
         pb.set_message("CT");
         let pred = p.predict(c, mr.as_ref(), true, &pb);
-        written.extend(write_prediction(&out, &pred, a.probabilities)?);
+        written.extend(write_output(&out, c, &pred, &a)?);
         if a.statistics {
             stats.push(("ct".into(), statistics(&c.original, &pred.labels, true)?));
         }
@@ -151,7 +166,7 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
             (Some(_), None) => with_suffix(&out, "_mr"),
         };
         let pred = p.predict(m, ct.as_ref(), false, &pb);
-        written.extend(write_prediction(&path, &pred, a.probabilities)?);
+        written.extend(write_output(&path, m, &pred, &a)?);
         if a.statistics {
             stats.push(("mr".into(), statistics(&m.original, &pred.labels, false)?));
         }
@@ -176,6 +191,35 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
         eprintln!("wrote {}", w.display());
     }
     Ok(())
+}
+
+/// The label map as NIfTI (and probabilities if asked), or as a DICOM SEG of the
+/// input series.
+fn write_output(
+    path: &Path,
+    input: &crate::infer::Input,
+    pred: &crate::infer::Prediction,
+    a: &InferArgs,
+) -> anyhow::Result<Vec<PathBuf>> {
+    if a.out_format == OutFormat::Nifti {
+        return write_prediction(path, pred, a.probabilities);
+    }
+    let src = input.dicom.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "--out-format dicom-seg needs a DICOM series as input (a folder, .zip or DICOM file), not {}",
+            input.source.display()
+        )
+    })?;
+    anyhow::ensure!(
+        !a.probabilities,
+        "--probabilities is written as NIfTI only; leave it out with --out-format dicom-seg"
+    );
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the output folder", dir.display()))?;
+    }
+    crate::io::dicom::seg::write_seg(path, &pred.labels, src)?;
+    Ok(vec![path.to_path_buf()])
 }
 
 /// `name.ext` → `name{suffix}.ext`, `.nii.gz` counting as one extension.

@@ -36,6 +36,8 @@ pub struct Predictor {
 
 /// An input volume, its way back to the file's grid, and its working-grid version.
 pub struct Input {
+    /// The file or series it was read from.
+    pub source: PathBuf,
     pub original: Volume<f32>,
     pub reorientation: Reorientation,
     pub ras_spacing: [f64; 3],
@@ -44,6 +46,8 @@ pub struct Input {
     pub work: Volume<f32>,
     /// The input file's NIfTI version; the label map is written in the same one.
     pub nifti_version: u8,
+    /// For a DICOM series: what a DICOM SEG of it must reference.
+    pub dicom: Option<crate::io::dicom::SeriesSource>,
 }
 
 /// The prediction of one volume.
@@ -105,9 +109,10 @@ impl Predictor {
         }
     }
 
-    /// Read and preprocess one input volume.
+    /// Read and preprocess one input volume: a NIfTI file, or a DICOM series (a
+    /// folder, a `.zip` or one multi-frame file).
     pub fn prepare(&self, path: &Path, modality: Modality) -> anyhow::Result<Input> {
-        let (original, info) = read_nifti::<f32>(path)?;
+        let (original, nifti_version, dicom) = read_input(path, modality)?;
         let (lo, hi) = original
             .intensity_range()
             .with_context(|| format!("{}: every voxel is NaN", path.display()))?;
@@ -124,12 +129,14 @@ impl Predictor {
             Modality::Mr => normalise_mr(&mut work.data, &self.cfg.preprocess),
         }
         Ok(Input {
+            source: path.to_path_buf(),
             ras_spacing: ras.spacing,
             ras_shape: ras.shape(),
             original,
             reorientation: reo,
             work,
-            nifti_version: info.version,
+            nifti_version,
+            dicom,
         })
     }
 
@@ -306,6 +313,30 @@ impl Predictor {
             nifti_version: primary.nifti_version,
         }
     }
+}
+
+/// A NIfTI file (its version) or a DICOM series (its source description), checking
+/// that a series' own Modality agrees with the one it is given as.
+fn read_input(
+    path: &Path,
+    modality: Modality,
+) -> anyhow::Result<(Volume<f32>, u8, Option<crate::io::dicom::SeriesSource>)> {
+    if !crate::io::dicom::is_series_path(path) {
+        let (v, info) = read_nifti::<f32>(path)?;
+        return Ok((v, info.version, None));
+    }
+    let series = crate::io::dicom::read_series(path)?;
+    let (given, want) = match modality {
+        Modality::Ct => ("--ct", "CT"),
+        Modality::Mr => ("--mr", "MR"),
+    };
+    let m = series.source.modality.as_str();
+    anyhow::ensure!(
+        m.is_empty() || m == want,
+        "{}: a DICOM series of modality {m}, given as {given} ({want} expected)",
+        path.display()
+    );
+    Ok((series.volume, 1, Some(series.source)))
 }
 
 /// The class of highest probability at each voxel of `[K, X, Y, Z]`.

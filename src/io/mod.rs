@@ -1,5 +1,7 @@
-//! Volumes on disk: the `Volume` type, NIfTI-1 read/write, RAS reorientation.
+//! Volumes on disk: the `Volume` type, NIfTI-1/2 read/write, DICOM series in and
+//! DICOM SEG out, RAS reorientation.
 
+pub mod dicom;
 pub mod header;
 pub mod labels;
 pub mod layout;

@@ -1,0 +1,198 @@
+//! Per-frame geometry and values of DICOM image objects: a classic object is one
+//! frame; an enhanced multi-frame object (Enhanced CT/MR) gives each frame its
+//! position, orientation, spacing and rescale from the per-frame functional groups,
+//! falling back to the shared ones.
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::InMemDicomObject;
+use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+
+use super::files::DicomFile;
+use crate::io::VolumeError;
+
+/// One 2D frame: where it lies (LPS millimetres, as DICOM gives them) and how its
+/// stored values become modality values.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    /// Index of its file in the list read.
+    pub file: usize,
+    /// 0-based frame number inside that file.
+    pub frame: u32,
+    pub sop_instance_uid: String,
+    /// ImagePositionPatient: the centre of the first transmitted pixel.
+    pub position: [f64; 3],
+    /// ImageOrientationPatient: row direction (along a row, column index rising), then
+    /// column direction (down a column, row index rising).
+    pub orientation: [f64; 6],
+    /// PixelSpacing: (between rows, between columns).
+    pub pixel_spacing: [f64; 2],
+    pub rows: usize,
+    pub cols: usize,
+    pub slope: f64,
+    pub intercept: f64,
+}
+
+pub fn string(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let s = obj.element_opt(tag).ok().flatten()?.to_str().ok()?;
+    let s = s.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn floats(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
+    obj.element_opt(tag).ok().flatten()?.to_multi_float64().ok()
+}
+
+fn first_item(obj: &InMemDicomObject, seq: Tag) -> Option<&InMemDicomObject> {
+    obj.element_opt(seq).ok().flatten()?.items()?.first()
+}
+
+/// A value from a functional group macro: the frame's own group first, then the shared.
+fn group_floats(groups: [Option<&InMemDicomObject>; 2], seq: Tag, tag: Tag) -> Option<Vec<f64>> {
+    groups
+        .into_iter()
+        .flatten()
+        .find_map(|g| first_item(g, seq).and_then(|i| floats(i, tag)))
+}
+
+fn fixed<const N: usize>(v: Option<Vec<f64>>) -> Option<[f64; N]> {
+    let v = v?;
+    (v.len() == N && v.iter().all(|x| x.is_finite())).then(|| std::array::from_fn(|i| v[i]))
+}
+
+/// The frames of every file, in file order.
+pub fn frames_of(files: &[DicomFile]) -> Result<Vec<Frame>, VolumeError> {
+    let mut out = Vec::new();
+    for (fi, f) in files.iter().enumerate() {
+        let obj: &InMemDicomObject = &f.object;
+        let err = |p: String| VolumeError::new(&f.name, p);
+        let spp = string(obj, tags::SAMPLES_PER_PIXEL).unwrap_or_else(|| "1".into());
+        if spp != "1" {
+            return Err(err(format!(
+                "{spp} samples per pixel (colour): only greyscale CT or MR series are segmented"
+            )));
+        }
+        let rows = uint(obj, tags::ROWS).ok_or_else(|| err("no Rows (0028,0010)".into()))?;
+        let cols = uint(obj, tags::COLUMNS).ok_or_else(|| err("no Columns (0028,0011)".into()))?;
+        let n = uint(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
+        let sop = string(obj, tags::SOP_INSTANCE_UID).unwrap_or_default();
+        let shared = first_item(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
+        let per: Vec<&InMemDicomObject> = obj
+            .element_opt(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+            .ok()
+            .flatten()
+            .and_then(|e| e.items())
+            .map(|items| items.iter().collect())
+            .unwrap_or_default();
+        let enhanced = shared.is_some() || !per.is_empty();
+        if enhanced && per.len() != n {
+            return Err(err(format!(
+                "{n} frames but {} per-frame functional groups",
+                per.len()
+            )));
+        }
+        for k in 0..n {
+            let (position, orientation, spacing, slope, intercept) = if enhanced {
+                let g = [Some(per[k]), shared];
+                (
+                    group_floats(
+                        g,
+                        tags::PLANE_POSITION_SEQUENCE,
+                        tags::IMAGE_POSITION_PATIENT,
+                    ),
+                    group_floats(
+                        g,
+                        tags::PLANE_ORIENTATION_SEQUENCE,
+                        tags::IMAGE_ORIENTATION_PATIENT,
+                    ),
+                    group_floats(g, tags::PIXEL_MEASURES_SEQUENCE, tags::PIXEL_SPACING),
+                    group_floats(
+                        g,
+                        tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+                        tags::RESCALE_SLOPE,
+                    ),
+                    group_floats(
+                        g,
+                        tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+                        tags::RESCALE_INTERCEPT,
+                    ),
+                )
+            } else {
+                (
+                    floats(obj, tags::IMAGE_POSITION_PATIENT),
+                    floats(obj, tags::IMAGE_ORIENTATION_PATIENT),
+                    floats(obj, tags::PIXEL_SPACING),
+                    floats(obj, tags::RESCALE_SLOPE),
+                    floats(obj, tags::RESCALE_INTERCEPT),
+                )
+            };
+            let frame_note = if n > 1 {
+                format!(" (frame {})", k + 1)
+            } else {
+                String::new()
+            };
+            let position = fixed::<3>(position).ok_or_else(|| {
+                err(format!(
+                    "no usable ImagePositionPatient (0020,0032){frame_note}: not a slice of a volume"
+                ))
+            })?;
+            let orientation = fixed::<6>(orientation).ok_or_else(|| {
+                err(format!(
+                    "no usable ImageOrientationPatient (0020,0037){frame_note}"
+                ))
+            })?;
+            let pixel_spacing = fixed::<2>(spacing)
+                .filter(|s| s.iter().all(|&x| x > 0.0))
+                .ok_or_else(|| {
+                    err(format!(
+                        "no usable PixelSpacing (0028,0030){frame_note}: positive row and column spacing needed"
+                    ))
+                })?;
+            let slope = fixed::<1>(slope).map(|s| s[0]).unwrap_or(1.0);
+            let intercept = fixed::<1>(intercept).map(|s| s[0]).unwrap_or(0.0);
+            out.push(Frame {
+                file: fi,
+                frame: k as u32,
+                sop_instance_uid: sop.clone(),
+                position,
+                orientation,
+                pixel_spacing,
+                rows,
+                cols,
+                slope: if slope == 0.0 { 1.0 } else { slope },
+                intercept,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn uint(obj: &InMemDicomObject, tag: Tag) -> Option<usize> {
+    let v: i64 = obj.element_opt(tag).ok().flatten()?.to_int().ok()?;
+    usize::try_from(v).ok().filter(|&x| x > 0)
+}
+
+/// The stored values of every frame of one file (no rescale), frames after each other.
+pub fn stored_values(f: &DicomFile) -> Result<Vec<f32>, VolumeError> {
+    let ts = f.object.meta().transfer_syntax().to_string();
+    let ts_name = TransferSyntaxRegistry
+        .get(&ts)
+        .map(|t| t.name().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let decoded = f.object.decode_pixel_data().map_err(|e| {
+        VolumeError::new(
+            &f.name,
+            format!(
+                "its pixel data cannot be decoded: transfer syntax {ts} ({ts_name}) ({e}); \
+                 convert the series to an uncompressed transfer syntax first \
+                 (e.g. `gdcmconv --raw` or `dcmdjpeg`)"
+            ),
+        )
+    })?;
+    let opts = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
+    decoded
+        .to_vec_with_options::<f32>(&opts)
+        .map_err(|e| VolumeError::new(&f.name, format!("its pixel data cannot be read: {e}")))
+}
