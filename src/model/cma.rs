@@ -38,28 +38,44 @@ impl Cma {
 
     /// primary, auxiliary: [B, C, D, H, W] (same shape) → F_cross [B, C, D, H, W]
     pub fn forward(&self, primary: Tensor<5>, auxiliary: Tensor<5>) -> Tensor<5> {
+        self.forward_many(primary, auxiliary, 1)
+    }
+
+    /// F_cross of one primary map against `k` auxiliary maps stacked along the batch
+    /// axis (`auxiliaries` [k·B, C, D, H, W], map i in rows i·B..(i+1)·B) →
+    /// [k·B, C, D, H, W] in the same order. The primary's normalisation, windows and
+    /// queries are computed once, and the k attentions run as one batch: the same
+    /// numbers as k calls of `forward`, in a few large operations instead of many
+    /// small ones.
+    pub fn forward_many(&self, primary: Tensor<5>, auxiliaries: Tensor<5>, k: usize) -> Tensor<5> {
         let [b, c, d, h, w] = primary.dims();
+        assert_eq!(auxiliaries.dims()[0], k * b, "k auxiliary maps per primary");
         let (ws, _) = window_and_shift([d, h, w], self.window, 0);
         let p = pad_to_windows(self.norm_primary.forward(channels_last(primary)), ws);
-        let a = pad_to_windows(self.norm_auxiliary.forward(channels_last(auxiliary)), ws);
+        let a = pad_to_windows(self.norm_auxiliary.forward(channels_last(auxiliaries)), ws);
         let [_, dp, hp, wp, _] = p.dims();
         let pw = window_partition(p, ws); // W(F_CT)
-        let aw = window_partition(a, ws); // W(F_MRI)
+        let aw = window_partition(a, ws); // W(F_MRI), k groups of the primary's windows
         let [bw, n, _] = pw.dims();
         let heads = self.heads;
         let hd = c / heads;
-        let split = |t: Tensor<3>| t.reshape([bw, n, heads, hd]).swap_dims(1, 2); // [bw, h, n, d]
-        let q = split(self.q.forward(pw)); // eq. 1
-        let k = split(self.k.forward(aw.clone())); // eq. 2
-        let v = split(self.v.forward(aw)); // eq. 3
+        let split = |t: Tensor<3>, m: usize| t.reshape([m, n, heads, hd]).swap_dims(1, 2); // [m, h, n, d]
+        let q = split(self.q.forward(pw), bw); // eq. 1
+        let q = if k == 1 {
+            q
+        } else {
+            Tensor::cat(vec![q; k], 0)
+        };
+        let k_ = split(self.k.forward(aw.clone()), k * bw); // eq. 2
+        let v = split(self.v.forward(aw), k * bw); // eq. 3
         let att = softmax(
-            q.matmul(k.swap_dims(2, 3))
+            q.matmul(k_.swap_dims(2, 3))
                 .mul_scalar(1.0 / (hd as f64).sqrt()),
             3,
         ); // eq. 4
-        let o = att.matmul(v).swap_dims(1, 2).reshape([bw, n, c]);
+        let o = att.matmul(v).swap_dims(1, 2).reshape([k * bw, n, c]);
         let o = self.out.forward(o); // eq. 5
-        let mut y = window_reverse(o, ws, b, [dp, hp, wp]);
+        let mut y = window_reverse(o, ws, k * b, [dp, hp, wp]);
         if [dp, hp, wp] != [d, h, w] {
             y = y.narrow(1, 0, d).narrow(2, 0, h).narrow(3, 0, w);
         }
@@ -71,6 +87,27 @@ impl Cma {
 mod tests {
     use super::*;
     use burn::tensor::Distribution;
+
+    #[test]
+    fn k_auxiliaries_in_one_batch_equal_k_separate_calls() {
+        let dev = Device::default();
+        let cma = Cma::new(8, 2, 4, &dev);
+        let p = Tensor::<5>::random([2, 8, 4, 4, 4], Distribution::Normal(0.0, 1.0), &dev);
+        let aux: Vec<Tensor<5>> = (0..3)
+            .map(|_| Tensor::<5>::random([2, 8, 4, 4, 4], Distribution::Normal(0.0, 1.0), &dev))
+            .collect();
+        let many = cma.forward_many(p.clone(), Tensor::cat(aux.clone(), 0), 3);
+        for (i, a) in aux.into_iter().enumerate() {
+            let one = vals(cma.forward(p.clone(), a));
+            let got = vals(many.clone().narrow(0, 2 * i, 2));
+            let err = one
+                .iter()
+                .zip(&got)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(err < 1e-5, "map {i}: max difference {err}");
+        }
+    }
 
     fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data().try_to_vec::<f32>().unwrap()

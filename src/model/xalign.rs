@@ -5,7 +5,7 @@ use burn::prelude::*;
 use super::cma::Cma;
 use super::config::{ModelConfig, PoseAlignTarget, RotationWeights};
 use super::layers::rotate_spatial;
-use super::pose_align::{PoseAlign, mean_over, mean_rotated, rotation_weights};
+use super::pose_align::{PoseAlign, mean_rotated, rotation_weights};
 use crate::geometry::SignedPerm;
 
 #[derive(Module, Debug)]
@@ -36,6 +36,19 @@ pub struct AlignOutput {
     /// Rotation indices drawn, and log π_θ of each.
     pub actions: Vec<usize>,
     pub log_probs: Vec<f32>,
+}
+
+/// Σ_i w_i · group i of a batch stacked as k groups of `b` rows.
+fn mean_over_groups(all: Tensor<5>, b: usize, weights: &[f64]) -> Tensor<5> {
+    if weights.len() == 1 {
+        return all;
+    }
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| all.clone().narrow(0, i * b, b).mul_scalar(w))
+        .reduce(|x, y| x + y)
+        .expect("at least one rotation")
 }
 
 impl RlXAlign {
@@ -71,9 +84,16 @@ impl RlXAlign {
                 rots,
                 weights,
             ),
-            Some(cma) => mean_over(rots, weights, |r| {
-                cma.forward(primary.clone(), rotate_spatial(auxiliary.clone(), r))
-            }),
+            // the k rotated auxiliary maps attended to in one batch
+            Some(cma) => {
+                let b = auxiliary.dims()[0];
+                let rotated: Vec<Tensor<5>> = rots
+                    .iter()
+                    .map(|r| rotate_spatial(auxiliary.clone(), r))
+                    .collect();
+                let all = cma.forward_many(primary.clone(), Tensor::cat(rotated, 0), rots.len());
+                mean_over_groups(all, b, weights)
+            }
         }
     }
 
