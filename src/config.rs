@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::sampler::{Pairing, SamplerConfig};
+use crate::data::sampler::{AugmentConfig, Pairing, SamplerConfig};
 use crate::loss::LossConfig;
 use crate::model::{ModelConfig, Preset};
 use crate::preprocess::PreprocessConfig;
@@ -105,6 +105,10 @@ impl TrainConfig {
             },
             sampler: SamplerConfig {
                 batch_size: batch,
+                augment: match p {
+                    Preset::Tiny => AugmentConfig::none(),
+                    _ => AugmentConfig::default(),
+                },
                 ..SamplerConfig::default()
             },
             optim: OptimConfig {
@@ -136,7 +140,19 @@ impl TrainConfig {
         base.insert("preset".into(), toml::Value::try_from(base_preset)?);
         let cfg: TrainConfig = toml::Value::Table(base).try_into()?;
         cfg.model.validate()?;
+        cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Settings that are valid one by one but not together.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !(self.ppo.group_baseline && self.model.k_sel == 1 && !self.model.no_rl_xalign),
+            "ppo.group_baseline = true needs model.k_sel ≥ 2: with one rotation per step every \
+             group-relative advantage is 0 and the policy never learns; set \
+             ppo.group_baseline = false (the critic's baseline) or k_sel ≥ 2"
+        );
+        Ok(())
     }
 
     pub fn to_toml(&self) -> String {
@@ -179,6 +195,16 @@ fn merge(base: &mut toml::Table, user: toml::Table, path: &str) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_rotation_per_step_with_the_group_baseline_is_refused() {
+        let e = TrainConfig::from_toml("preset = \"tiny\"\n[model]\nk_sel = 1\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("k_sel") && e.contains("group_baseline"), "{e}");
+        let ok = "preset = \"tiny\"\n[model]\nk_sel = 1\n[ppo]\ngroup_baseline = false\n";
+        assert_eq!(TrainConfig::from_toml(ok, None).unwrap().model.k_sel, 1);
+    }
 
     #[test]
     fn a_preset_round_trips_through_toml_and_unknown_keys_are_rejected() {

@@ -53,6 +53,22 @@ impl Default for AugmentConfig {
     }
 }
 
+impl AugmentConfig {
+    /// No augmentation at all (the `tiny` preset: at a ten-minute budget the network
+    /// has not yet fitted the unaugmented patches, and augmenting slowed it; measured
+    /// in docs/method-notes.md).
+    pub fn none() -> Self {
+        AugmentConfig {
+            p_flip: 0.0,
+            p_rotate: 0.0,
+            p_scale: 0.0,
+            p_gamma: 0.0,
+            p_noise: 0.0,
+            ..AugmentConfig::default()
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SamplerConfig {
