@@ -142,14 +142,27 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
         a.mr.as_ref()
             .map(|m| p.prepare(m, Modality::Mr))
             .transpose()?;
-    let total = ct.as_ref().map(|x| p.window_count(x)).unwrap_or(0)
-        + mr.as_ref().map(|x| p.window_count(x)).unwrap_or(0);
+    let total = match (&ct, &mr) {
+        (Some(c), Some(_)) => p.window_count(c),
+        _ => ct.iter().chain(mr.iter()).map(|x| p.window_count(x)).sum(),
+    };
     let pb = crate::infer::window_bar(total);
     let mut written = Vec::new();
     let mut stats: Vec<(String, Statistics)> = Vec::new();
+    // a pair is predicted in one pass; a single volume alone
+    let (mut pred_ct, mut pred_mr) = match (&ct, &mr) {
+        (Some(c), Some(m)) => {
+            pb.set_message("CT + MRI");
+            let (a, b) = p.predict_pair(c, m, &pb);
+            (Some(a), Some(b))
+        }
+        _ => (None, None),
+    };
     if let Some(c) = &ct {
         pb.set_message("CT");
-        let pred = p.predict(c, mr.as_ref(), true, &pb);
+        let pred = pred_ct
+            .take()
+            .unwrap_or_else(|| p.predict(c, None, true, &pb));
         written.extend(write_output(&out, c, &pred, &a)?);
         if a.statistics {
             stats.push(("ct".into(), statistics(&c.original, &pred.labels, true)?));
@@ -165,7 +178,9 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
             (Some(_), Some(o)) => o.clone(),
             (Some(_), None) => with_suffix(&out, "_mr"),
         };
-        let pred = p.predict(m, ct.as_ref(), false, &pb);
+        let pred = pred_mr
+            .take()
+            .unwrap_or_else(|| p.predict(m, None, false, &pb));
         written.extend(write_output(&path, m, &pred, &a)?);
         if a.statistics {
             stats.push(("mr".into(), statistics(&m.original, &pred.labels, false)?));

@@ -201,60 +201,110 @@ impl Predictor {
         progress: &indicatif::ProgressBar,
     ) -> Array4<f32> {
         let roi = self.cfg.model.patch;
-        let ps = primary.dim();
-        let pad = padding([ps.0, ps.1, ps.2], roi);
-        let pv = pad_volume(primary, pad, 0.0);
-        let (px, py, pz) = pv.dim();
-        let other_padded = other.map(|o| {
-            let os = o.dim();
-            let opad = padding([os.0, os.1, os.2], roi);
-            (pad_volume(o, opad, 0.0), [os.0, os.1, os.2], opad)
-        });
-        let mut acc = Accumulator::new(NUM_CLASSES, [px, py, pz], roi);
-        let wins = windows([px, py, pz], roi, self.overlap);
-        let size = [ps.0, ps.1, ps.2];
+        let pv = Padded::new(primary, roi);
+        let ov = other.map(|o| Padded::new(o, roi));
+        let mut acc = Accumulator::new(NUM_CLASSES, pv.dims(), roi);
+        let wins = windows(pv.dims(), roi, self.overlap);
+        self.run_windows(
+            &pv,
+            ov.as_ref(),
+            &wins,
+            primary_is_ct,
+            &mut acc,
+            None,
+            progress,
+        );
+        acc.finish(pv.pad)
+    }
+
+    /// Both modalities of a pair from one tiling, as the paper's reference pairs them:
+    /// the CT volume's windows, each with its MRI partner at the same normalised
+    /// position, both branches' softmax accumulated (one forward pass per window
+    /// instead of one per window and modality). MRI windows are added where no
+    /// partner window reached (an MRI much larger than its CT in voxels).
+    pub fn probabilities_pair(
+        &self,
+        ct: &Array3<f32>,
+        mr: &Array3<f32>,
+        progress: &indicatif::ProgressBar,
+    ) -> (Array4<f32>, Array4<f32>) {
+        let roi = self.cfg.model.patch;
+        let (c, m) = (Padded::new(ct, roi), Padded::new(mr, roi));
+        let mut acc_c = Accumulator::new(NUM_CLASSES, c.dims(), roi);
+        let mut acc_m = Accumulator::new(NUM_CLASSES, m.dims(), roi);
+        let wins = windows(c.dims(), roi, self.overlap);
+        self.run_windows(
+            &c,
+            Some(&m),
+            &wins,
+            true,
+            &mut acc_c,
+            Some(&mut acc_m),
+            progress,
+        );
+        let gaps: Vec<[usize; 3]> = windows(m.dims(), roi, self.overlap)
+            .into_iter()
+            .filter(|st| acc_m.has_gap(*st, m.pad))
+            .collect();
+        tracing::debug!(
+            "paired tiling: {} CT windows, {} more MRI windows for voxels no partner reached (MRI alone: {})",
+            wins.len(),
+            gaps.len(),
+            windows(m.dims(), roi, self.overlap).len()
+        );
+        if !gaps.is_empty() {
+            progress.inc_length(gaps.len() as u64);
+            self.run_windows(&m, Some(&c), &gaps, false, &mut acc_m, None, progress);
+        }
+        (acc_c.finish(c.pad), acc_m.finish(m.pad))
+    }
+
+    /// Forward the windows `wins` of `primary` (with their partners in `other`) in
+    /// batches; the primary branch goes into `acc`, the partner branch into
+    /// `acc_other` at the partner windows when given.
+    #[allow(clippy::too_many_arguments)]
+    fn run_windows(
+        &self,
+        primary: &Padded,
+        other: Option<&Padded>,
+        wins: &[[usize; 3]],
+        primary_is_ct: bool,
+        acc: &mut Accumulator,
+        mut acc_other: Option<&mut Accumulator>,
+        progress: &indicatif::ProgressBar,
+    ) {
+        let roi = self.cfg.model.patch;
+        let per = NUM_CLASSES * roi.pow(3);
         for chunk in wins.chunks(self.batch.max(1)) {
             let mut a = Vec::with_capacity(chunk.len() * roi.pow(3));
             let mut b = Vec::with_capacity(chunk.len() * roi.pow(3));
+            let mut partners = Vec::with_capacity(chunk.len());
             for st in chunk {
-                let win = pv.slice(s![
-                    st[0]..st[0] + roi,
-                    st[1]..st[1] + roi,
-                    st[2]..st[2] + roi
-                ]);
-                a.extend(win.iter());
-                match &other_padded {
-                    None => b.extend(win.iter()),
-                    Some((ov, osize, opad)) => {
-                        let od = ov.dim();
-                        let odims = [od.0, od.1, od.2];
-                        let ost: [usize; 3] = std::array::from_fn(|ax| {
-                            let own = st[ax] as i64 - pad[ax].0 as i64;
-                            let o =
-                                partner_start(own, roi, size[ax], osize[ax]) + opad[ax].0 as i64;
-                            (o.max(0) as usize).min(odims[ax] - roi)
-                        });
-                        b.extend(
-                            ov.slice(s![
-                                ost[0]..ost[0] + roi,
-                                ost[1]..ost[1] + roi,
-                                ost[2]..ost[2] + roi
-                            ])
-                            .iter(),
-                        );
+                a.extend(primary.window(*st, roi));
+                match other {
+                    None => b.extend(primary.window(*st, roi)),
+                    Some(o) => {
+                        let ps = primary.partner(*st, o, roi);
+                        b.extend(o.window(ps, roi));
+                        partners.push(ps);
                     }
                 }
             }
             let (ct_in, mr_in) = if primary_is_ct { (&a, &b) } else { (&b, &a) };
             let (p_ct, p_mr) = self.forward(ct_in, mr_in, chunk.len(), other.is_none());
-            let out = if primary_is_ct { p_ct } else { p_mr };
-            let per = NUM_CLASSES * roi.pow(3);
+            let (out, out_other) = if primary_is_ct {
+                (p_ct, p_mr)
+            } else {
+                (p_mr, p_ct)
+            };
             for (i, st) in chunk.iter().enumerate() {
                 acc.add(*st, &out[i * per..(i + 1) * per]);
+                if let Some(ao) = acc_other.as_deref_mut() {
+                    ao.add(partners[i], &out_other[i * per..(i + 1) * per]);
+                }
             }
             progress.inc(chunk.len() as u64);
         }
-        acc.finish(pad)
     }
 
     /// Windows a volume will be tiled with (for progress bars).
@@ -284,6 +334,22 @@ impl Predictor {
             primary_is_ct,
             progress,
         );
+        self.prediction(primary, probs)
+    }
+
+    /// Predict a CT and an MRI volume together (`probabilities_pair`): (CT, MRI).
+    pub fn predict_pair(
+        &self,
+        ct: &Input,
+        mr: &Input,
+        progress: &indicatif::ProgressBar,
+    ) -> (Prediction, Prediction) {
+        let (pc, pm) = self.probabilities_pair(&ct.work.data, &mr.work.data, progress);
+        (self.prediction(ct, pc), self.prediction(mr, pm))
+    }
+
+    /// Labels from the working-grid probabilities, back on the input's own grid.
+    fn prediction(&self, primary: &Input, probs: Array4<f32>) -> Prediction {
         let (_, x, y, z) = probs.dim();
         // argmax on the working grid, then nearest back to the file's grid
         let mut work_labels = argmax_labels(&probs);
@@ -312,6 +378,52 @@ impl Predictor {
             work_spacing: primary.work.spacing,
             nifti_version: primary.nifti_version,
         }
+    }
+}
+
+/// A volume padded for tiling, with its unpadded size and the padding.
+struct Padded {
+    v: Array3<f32>,
+    size: [usize; 3],
+    pad: [(usize, usize); 3],
+}
+
+impl Padded {
+    fn new(v: &Array3<f32>, roi: usize) -> Padded {
+        let d = v.dim();
+        let size = [d.0, d.1, d.2];
+        let pad = padding(size, roi);
+        Padded {
+            v: pad_volume(v, pad, 0.0),
+            size,
+            pad,
+        }
+    }
+
+    fn dims(&self) -> [usize; 3] {
+        let d = self.v.dim();
+        [d.0, d.1, d.2]
+    }
+
+    fn window(&self, st: [usize; 3], roi: usize) -> impl Iterator<Item = &f32> {
+        self.v
+            .slice(s![
+                st[0]..st[0] + roi,
+                st[1]..st[1] + roi,
+                st[2]..st[2] + roi
+            ])
+            .into_iter()
+    }
+
+    /// Start, in `to`'s padded grid, of the window of `to` paired with this volume's
+    /// window at `st` (the same normalised position, `data::pairing::partner_start`).
+    fn partner(&self, st: [usize; 3], to: &Padded, roi: usize) -> [usize; 3] {
+        let od = to.dims();
+        std::array::from_fn(|ax| {
+            let own = st[ax] as i64 - self.pad[ax].0 as i64;
+            let o = partner_start(own, roi, self.size[ax], to.size[ax]) + to.pad[ax].0 as i64;
+            (o.max(0) as usize).min(od[ax] - roi)
+        })
     }
 }
 
@@ -436,18 +548,29 @@ pub fn predict_dir(
             .get(i)
             .map(|c| p.prepare(&c.image, Modality::Mr))
             .transpose()?;
-        let total = ci.as_ref().map(|x| p.window_count(x)).unwrap_or(0)
-            + mi.as_ref().map(|x| p.window_count(x)).unwrap_or(0);
+        let total = match (&ci, &mi) {
+            (Some(c), Some(_)) => p.window_count(c),
+            _ => ci.iter().chain(mi.iter()).map(|x| p.window_count(x)).sum(),
+        };
         let pb = if show_progress {
             window_bar(total)
         } else {
             indicatif::ProgressBar::hidden()
         };
-        let jobs = [(ct.get(i), &ci, &mi, true), (mr.get(i), &mi, &ci, false)];
-        for (case, input, partner, is_ct) in jobs {
-            if let (Some(c), Some(x)) = (case, input) {
-                pb.set_message(c.name());
-                let pred = p.predict(x, partner.as_ref(), is_ct, &pb);
+        let preds: [Option<Prediction>; 2] = match (&ci, &mi) {
+            (Some(c), Some(m)) => {
+                pb.set_message(format!("{} + {}", ct[i].name(), mr[i].name()));
+                let (a, b) = p.predict_pair(c, m, &pb);
+                [Some(a), Some(b)]
+            }
+            _ => [
+                ci.as_ref().map(|x| p.predict(x, None, true, &pb)),
+                mi.as_ref().map(|x| p.predict(x, None, false, &pb)),
+            ],
+        };
+        let jobs = [(ct.get(i), &ci), (mr.get(i), &mi)];
+        for ((case, input), pred) in jobs.into_iter().zip(preds) {
+            if let (Some(c), Some(x), Some(pred)) = (case, input, pred) {
                 let path = out.join(format!("{}_label.nii.gz", c.name()));
                 written.extend(write_prediction(&path, &pred, probabilities)?);
                 each(c, x, &pred)?;
@@ -456,4 +579,59 @@ pub fn predict_dir(
         pb.finish_and_clear();
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Preset;
+
+    fn predictor() -> Predictor {
+        let cfg = TrainConfig::preset(Preset::Tiny);
+        let device = Device::default();
+        let model = RlU2Net::new(&cfg.model, &device);
+        let stats = CtStats {
+            clip_low: -1.0,
+            clip_high: 1.0,
+            mean: 0.0,
+            std: 1.0,
+        };
+        Predictor::from_parts(cfg, stats, model, device, 0.5, false)
+    }
+
+    fn volume(shape: (usize, usize, usize), seed: f32) -> Array3<f32> {
+        Array3::from_shape_fn(shape, |(i, j, k)| {
+            ((i as f32 * 0.37 + j as f32 * 0.11 - k as f32 * 0.23 + seed).sin() * 2.0).round()
+        })
+    }
+
+    #[test]
+    fn a_pair_in_one_pass_equals_two_passes_for_equal_sizes_and_covers_a_larger_mri() {
+        let p = predictor();
+        let hidden = indicatif::ProgressBar::hidden();
+        let (ct, mr) = (volume((40, 36, 34), 0.0), volume((40, 36, 34), 1.0));
+        let (pc, pm) = p.probabilities_pair(&ct, &mr, &hidden);
+        // equal sizes: every MRI window is its CT window's partner, so the one pass
+        // sees exactly the inputs of the two separate passes
+        let c2 = p.probabilities(&ct, Some(&mr), true, &hidden);
+        let m2 = p.probabilities(&mr, Some(&ct), false, &hidden);
+        let max_diff = |a: &Array4<f32>, b: &Array4<f32>| {
+            a.iter()
+                .zip(b.iter())
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+        assert_eq!(pc.dim(), c2.dim());
+        assert!(max_diff(&pc, &c2) < 1e-5, "CT {}", max_diff(&pc, &c2));
+        assert!(max_diff(&pm, &m2) < 1e-5, "MRI {}", max_diff(&pm, &m2));
+        // an MRI larger than its CT: partners leave its border strips, which are then
+        // tiled too; every voxel gets probabilities that sum to 1
+        let big = volume((60, 50, 45), 2.0);
+        let (_, pb) = p.probabilities_pair(&ct, &big, &hidden);
+        assert_eq!(pb.dim(), (NUM_CLASSES, 60, 50, 45));
+        for v in pb.lanes(ndarray::Axis(0)) {
+            let s: f32 = v.sum();
+            assert!((s - 1.0).abs() < 1e-4, "class probabilities sum to {s}");
+        }
+    }
 }

@@ -109,6 +109,25 @@ impl Accumulator {
         }
     }
 
+    /// True when the window at `start` holds a voxel of the unpadded region (inside
+    /// `pad`) that no window has reached yet.
+    pub fn has_gap(&self, start: [usize; 3], pad: [(usize, usize); 3]) -> bool {
+        let r = self.importance.dim().0;
+        let (x, y, z) = self.weight.dim();
+        let lo: [usize; 3] = std::array::from_fn(|a| start[a].max(pad[a].0));
+        let hi = [
+            (start[0] + r).min(x - pad[0].1),
+            (start[1] + r).min(y - pad[1].1),
+            (start[2] + r).min(z - pad[2].1),
+        ];
+        (0..3).all(|a| lo[a] < hi[a])
+            && self
+                .weight
+                .slice(s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2]])
+                .iter()
+                .any(|&w| w == 0.0)
+    }
+
     /// The normalised output (eqs 15–16), cropped by `pad`.
     pub fn finish(mut self, pad: [(usize, usize); 3]) -> Array4<f32> {
         let (k, x, y, z) = self.sum.dim();

@@ -37,11 +37,24 @@ pub fn validate(p: &Predictor, ct: &[PreparedCase], mr: &[PreparedCase]) -> ([f6
     let hidden = indicatif::ProgressBar::hidden();
     let mut sums = [[0.0f64; 7]; 2];
     let mut counts = [[0usize; 7]; 2];
-    for (k, (own, other, is_ct)) in [(ct, mr, true), (mr, ct, false)].into_iter().enumerate() {
-        for (i, case) in own.iter().enumerate() {
+    for i in 0..ct.len().max(mr.len()) {
+        let (c, m) = (ct.get(i), mr.get(i));
+        // a pair in one pass, as `infer` predicts it; a volume without partner alone
+        let probs = match (c, m) {
+            (Some(c), Some(m)) => {
+                let (a, b) = p.probabilities_pair(&c.image.data, &m.image.data, &hidden);
+                [Some(a), Some(b)]
+            }
+            _ => [
+                c.map(|c| p.probabilities(&c.image.data, None, true, &hidden)),
+                m.map(|m| p.probabilities(&m.image.data, None, false, &hidden)),
+            ],
+        };
+        for (k, (case, probs)) in [c, m].into_iter().zip(probs).enumerate() {
+            let (Some(case), Some(probs)) = (case, probs) else {
+                continue;
+            };
             let Some(truth) = &case.labels else { continue };
-            let partner = other.get(i).map(|o| &o.image.data);
-            let probs = p.probabilities(&case.image.data, partner, is_ct, &hidden);
             let d = hard_dice(argmax_labels(&probs).iter(), truth.data.iter());
             for s in 0..7 {
                 if d[s].is_finite() {
