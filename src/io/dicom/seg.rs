@@ -92,10 +92,9 @@ fn segment_item(class: usize) -> InMemDicomObject {
     ])
 }
 
-/// The per-frame functional groups of frame (segment `class`, slice `k`).
-fn frame_groups(src: &SeriesSource, class: usize, k: usize) -> InMemDicomObject {
-    let s = &src.slices[k];
-    let mut source = vec![
+/// Referenced SOP class and instance of one source slice.
+fn instance_ref(s: &super::SliceRef) -> Vec<DataElement<InMemDicomObject>> {
+    vec![
         el(
             tags::REFERENCED_SOP_CLASS_UID,
             VR::UI,
@@ -106,6 +105,14 @@ fn frame_groups(src: &SeriesSource, class: usize, k: usize) -> InMemDicomObject 
             VR::UI,
             s.sop_instance_uid.as_str(),
         ),
+    ]
+}
+
+/// The per-frame functional groups of frame (segment `class`, slice `k`).
+fn frame_groups(src: &SeriesSource, class: usize, k: usize) -> InMemDicomObject {
+    let s = &src.slices[k];
+    let mut source = instance_ref(s);
+    source.extend([
         // the SEG's pixels are the source's pixels: same plane, position and spacing
         el(tags::SPATIAL_LOCATIONS_PRESERVED, VR::CS, "YES"),
         seq(
@@ -116,7 +123,7 @@ fn frame_groups(src: &SeriesSource, class: usize, k: usize) -> InMemDicomObject 
                 "Source image for image processing operation",
             )],
         ),
-    ];
+    ]);
     if let Some(f) = s.frame {
         source.push(el(tags::REFERENCED_FRAME_NUMBER, VR::IS, f.to_string()));
     }
@@ -234,20 +241,7 @@ fn referenced_series(src: &SeriesSource) -> DataElement<InMemDicomObject> {
         .slices
         .iter()
         .filter(|s| seen.insert(s.sop_instance_uid.clone()))
-        .map(|s| {
-            item(vec![
-                el(
-                    tags::REFERENCED_SOP_CLASS_UID,
-                    VR::UI,
-                    s.sop_class_uid.as_str(),
-                ),
-                el(
-                    tags::REFERENCED_SOP_INSTANCE_UID,
-                    VR::UI,
-                    s.sop_instance_uid.as_str(),
-                ),
-            ])
-        })
+        .map(|s| item(instance_ref(s)))
         .collect();
     seq(
         tags::REFERENCED_SERIES_SEQUENCE,
