@@ -103,7 +103,7 @@ pub fn read_series(path: &Path) -> Result<DicomSeries, VolumeError> {
     let volume = assemble(&files, &frames, &order)?;
     let first = &files[0].object;
     let f0 = &frames[order[0]];
-    let multi = files.len() == 1 && frames.len() > 1;
+    let frames_in = |file: usize| frames.iter().filter(|f| f.file == file).count();
     let source = SeriesSource {
         path: path.to_path_buf(),
         modality: string(first, tags::MODALITY).unwrap_or_default(),
@@ -121,7 +121,7 @@ pub fn read_series(path: &Path) -> Result<DicomSeries, VolumeError> {
                     sop_class_uid: string(&files[f.file].object, tags::SOP_CLASS_UID)
                         .unwrap_or_default(),
                     sop_instance_uid: f.sop_instance_uid.clone(),
-                    frame: multi.then_some(f.frame + 1),
+                    frame: (frames_in(f.file) > 1).then_some(f.frame + 1),
                     position: f.position,
                 }
             })
@@ -330,6 +330,7 @@ fn assemble(
             stored[f.file] = Some(stored_values(&files[f.file])?);
         }
         let v = stored[f.file].as_ref().expect("just decoded");
+        let last_use = !order[k + 1..].iter().any(|&o| frames[o].file == f.file);
         let at = f.frame as usize * rows * cols;
         let px = v.get(at..at + rows * cols).ok_or_else(|| {
             VolumeError::new(
@@ -346,6 +347,10 @@ fn assemble(
                 let x = px[r * cols + c] as f64 * f.slope + f.intercept;
                 data[[c, rows - 1 - r, k]] = x as f32;
             }
+        }
+        if last_use {
+            // a file's decoded frames are not kept once its last slice is placed
+            stored[f.file] = None;
         }
     }
     if let Some(bad) = data.iter().position(|x| !x.is_finite()) {
