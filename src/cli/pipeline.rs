@@ -142,27 +142,12 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
         a.mr.as_ref()
             .map(|m| p.prepare(m, Modality::Mr))
             .transpose()?;
-    let total = match (&ct, &mr) {
-        (Some(c), Some(_)) => p.window_count(c),
-        _ => ct.iter().chain(mr.iter()).map(|x| p.window_count(x)).sum(),
-    };
-    let pb = crate::infer::window_bar(total);
+    let pb = crate::infer::window_bar(p.window_total(ct.as_ref(), mr.as_ref()));
     let mut written = Vec::new();
     let mut stats: Vec<(String, Statistics)> = Vec::new();
     // a pair is predicted in one pass; a single volume alone
-    let (mut pred_ct, mut pred_mr) = match (&ct, &mr) {
-        (Some(c), Some(m)) => {
-            pb.set_message("CT + MRI");
-            let (a, b) = p.predict_pair(c, m, &pb);
-            (Some(a), Some(b))
-        }
-        _ => (None, None),
-    };
-    if let Some(c) = &ct {
-        pb.set_message("CT");
-        let pred = pred_ct
-            .take()
-            .unwrap_or_else(|| p.predict(c, None, true, &pb));
+    let [pred_ct, pred_mr] = p.predict_any(ct.as_ref(), mr.as_ref(), &pb);
+    if let (Some(c), Some(pred)) = (&ct, pred_ct) {
         written.extend(write_output(&out, c, &pred, &a)?);
         if a.statistics {
             stats.push(("ct".into(), statistics(&c.original, &pred.labels, true)?));
@@ -171,16 +156,12 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
             written.push(draw_preview(png, &c.original, &pred, Modality::Ct)?);
         }
     }
-    if let Some(m) = &mr {
-        pb.set_message("MRI");
+    if let (Some(m), Some(pred)) = (&mr, pred_mr) {
         let path = match (&ct, &a.mr_out) {
             (None, _) => out.clone(),
             (Some(_), Some(o)) => o.clone(),
             (Some(_), None) => with_suffix(&out, "_mr"),
         };
-        let pred = pred_mr
-            .take()
-            .unwrap_or_else(|| p.predict(m, None, false, &pb));
         written.extend(write_output(&path, m, &pred, &a)?);
         if a.statistics {
             stats.push(("mr".into(), statistics(&m.original, &pred.labels, false)?));

@@ -247,10 +247,9 @@ impl Predictor {
             .filter(|st| acc_m.has_gap(*st, m.pad))
             .collect();
         tracing::debug!(
-            "paired tiling: {} CT windows, {} more MRI windows for voxels no partner reached (MRI alone: {})",
+            "paired tiling: {} CT windows, {} more MRI windows for voxels no partner reached",
             wins.len(),
-            gaps.len(),
-            windows(m.dims(), roi, self.overlap).len()
+            gaps.len()
         );
         if !gaps.is_empty() {
             progress.inc_length(gaps.len() as u64);
@@ -337,15 +336,51 @@ impl Predictor {
         self.prediction(primary, probs)
     }
 
-    /// Predict a CT and an MRI volume together (`probabilities_pair`): (CT, MRI).
-    pub fn predict_pair(
+    /// Predict what is given: a CT + MRI pair in one tiling (`probabilities_pair`), a
+    /// single volume alone (self-paired). Returns [CT, MRI].
+    pub fn predict_any(
         &self,
-        ct: &Input,
-        mr: &Input,
+        ct: Option<&Input>,
+        mr: Option<&Input>,
         progress: &indicatif::ProgressBar,
-    ) -> (Prediction, Prediction) {
-        let (pc, pm) = self.probabilities_pair(&ct.work.data, &mr.work.data, progress);
-        (self.prediction(ct, pc), self.prediction(mr, pm))
+    ) -> [Option<Prediction>; 2] {
+        let [pc, pm] =
+            self.probabilities_any(ct.map(|c| &c.work.data), mr.map(|m| &m.work.data), progress);
+        [
+            ct.zip(pc).map(|(c, p)| self.prediction(c, p)),
+            mr.zip(pm).map(|(m, p)| self.prediction(m, p)),
+        ]
+    }
+
+    /// Probabilities of what is given, as `predict_any` pairs them: [CT, MRI].
+    pub fn probabilities_any(
+        &self,
+        ct: Option<&Array3<f32>>,
+        mr: Option<&Array3<f32>>,
+        progress: &indicatif::ProgressBar,
+    ) -> [Option<Array4<f32>>; 2] {
+        match (ct, mr) {
+            (Some(c), Some(m)) => {
+                let (a, b) = self.probabilities_pair(c, m, progress);
+                [Some(a), Some(b)]
+            }
+            _ => [
+                ct.map(|c| self.probabilities(c, None, true, progress)),
+                mr.map(|m| self.probabilities(m, None, false, progress)),
+            ],
+        }
+    }
+
+    /// Windows `predict_any` runs first (a pair: the CT's; more may be added).
+    pub fn window_total(&self, ct: Option<&Input>, mr: Option<&Input>) -> u64 {
+        match (ct, mr) {
+            (Some(c), Some(_)) => self.window_count(c),
+            _ => ct
+                .iter()
+                .chain(mr.iter())
+                .map(|x| self.window_count(x))
+                .sum(),
+        }
     }
 
     /// Labels from the working-grid probabilities, back on the input's own grid.
@@ -548,26 +583,19 @@ pub fn predict_dir(
             .get(i)
             .map(|c| p.prepare(&c.image, Modality::Mr))
             .transpose()?;
-        let total = match (&ci, &mi) {
-            (Some(c), Some(_)) => p.window_count(c),
-            _ => ci.iter().chain(mi.iter()).map(|x| p.window_count(x)).sum(),
-        };
         let pb = if show_progress {
-            window_bar(total)
+            window_bar(p.window_total(ci.as_ref(), mi.as_ref()))
         } else {
             indicatif::ProgressBar::hidden()
         };
-        let preds: [Option<Prediction>; 2] = match (&ci, &mi) {
-            (Some(c), Some(m)) => {
-                pb.set_message(format!("{} + {}", ct[i].name(), mr[i].name()));
-                let (a, b) = p.predict_pair(c, m, &pb);
-                [Some(a), Some(b)]
-            }
-            _ => [
-                ci.as_ref().map(|x| p.predict(x, None, true, &pb)),
-                mi.as_ref().map(|x| p.predict(x, None, false, &pb)),
-            ],
-        };
+        let names: Vec<String> = ct
+            .get(i)
+            .iter()
+            .chain(mr.get(i).iter())
+            .map(|c| c.name())
+            .collect();
+        pb.set_message(names.join(" + "));
+        let preds = p.predict_any(ci.as_ref(), mi.as_ref(), &pb);
         let jobs = [(ct.get(i), &ci), (mr.get(i), &mi)];
         for ((case, input), pred) in jobs.into_iter().zip(preds) {
             if let (Some(c), Some(x), Some(pred)) = (case, input, pred) {

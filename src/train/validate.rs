@@ -40,16 +40,8 @@ pub fn validate(p: &Predictor, ct: &[PreparedCase], mr: &[PreparedCase]) -> ([f6
     for i in 0..ct.len().max(mr.len()) {
         let (c, m) = (ct.get(i), mr.get(i));
         // a pair in one pass, as `infer` predicts it; a volume without partner alone
-        let probs = match (c, m) {
-            (Some(c), Some(m)) => {
-                let (a, b) = p.probabilities_pair(&c.image.data, &m.image.data, &hidden);
-                [Some(a), Some(b)]
-            }
-            _ => [
-                c.map(|c| p.probabilities(&c.image.data, None, true, &hidden)),
-                m.map(|m| p.probabilities(&m.image.data, None, false, &hidden)),
-            ],
-        };
+        let probs =
+            p.probabilities_any(c.map(|c| &c.image.data), m.map(|m| &m.image.data), &hidden);
         for (k, (case, probs)) in [c, m].into_iter().zip(probs).enumerate() {
             let (Some(case), Some(probs)) = (case, probs) else {
                 continue;

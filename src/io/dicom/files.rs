@@ -29,18 +29,9 @@ const MAX_FILE_BYTES: u64 = 4 << 30;
 
 /// Read every DICOM image object of `path`: a folder, a `.zip`, or one DICOM file.
 pub fn read_objects(path: &Path) -> Result<(Vec<DicomFile>, Skipped), VolumeError> {
-    let meta = std::fs::metadata(path).map_err(|e| {
-        VolumeError::new(
-            path,
-            match e.kind() {
-                std::io::ErrorKind::NotFound => "not found".to_string(),
-                _ => format!("cannot read: {e}"),
-            },
-        )
-    })?;
     let mut out = Vec::new();
     let mut skipped = Skipped::default();
-    if meta.is_dir() {
+    if path.is_dir() {
         let mut files = Vec::new();
         list_files(path, &mut files)?;
         files.sort();
@@ -52,13 +43,18 @@ pub fn read_objects(path: &Path) -> Result<(Vec<DicomFile>, Skipped), VolumeErro
                 .map_err(|e| VolumeError::new(&f, format!("cannot read file: {e}")))?;
             add(&f, &bytes, &mut out, &mut skipped)?;
         }
-    } else if has_dicm_marker(path) {
-        // one file: an enhanced multi-frame object (or a single slice)
-        let bytes = std::fs::read(path)
-            .map_err(|e| VolumeError::new(path, format!("cannot read file: {e}")))?;
-        add(path, &bytes, &mut out, &mut skipped)?;
     } else {
+        // a missing path, a FIFO or a device is refused here, naming it
         let file = crate::io::nifti::open_regular(path)?;
+        if has_dicm_marker(path) {
+            // one file: an enhanced multi-frame object (or a single slice)
+            let mut bytes = Vec::new();
+            file.take(MAX_FILE_BYTES + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| VolumeError::new(path, format!("cannot read file: {e}")))?;
+            add(path, &bytes, &mut out, &mut skipped)?;
+            return Ok((out, skipped));
+        }
         let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
             VolumeError::new(
                 path,
