@@ -305,7 +305,7 @@ pub struct DemoArgs {
 fn steps_for(minutes: f64, preset: Preset) -> u64 {
     let per_step = match preset {
         Preset::Tiny => 0.35,
-        Preset::Cpu => 7.5,
+        Preset::Cpu => 0.6,
         Preset::Paper => 60.0,
     };
     ((minutes * 60.0 / per_step) as u64).max(25)

@@ -4,6 +4,7 @@
 
 pub mod postprocess;
 pub mod sliding;
+pub mod upsample;
 
 use std::path::{Path, PathBuf};
 
@@ -385,20 +386,21 @@ impl Predictor {
 
     /// Labels from the working-grid probabilities, back on the input's own grid.
     fn prediction(&self, primary: &Input, probs: Array4<f32>) -> Prediction {
-        let (_, x, y, z) = probs.dim();
-        // argmax on the working grid, then nearest back to the file's grid
-        let mut work_labels = argmax_labels(&probs);
+        // post-processing on the working grid, imposed on the probabilities; then the
+        // probabilities interpolated onto the input's RAS grid and the argmax taken there
+        let raw = argmax_labels(&probs);
+        let mut imposed = probs.clone();
         if self.keep_largest {
-            postprocess::clean_label_map(&mut work_labels);
+            let mut cleaned = raw.clone();
+            postprocess::clean_label_map(&mut cleaned);
+            upsample::impose_labels(&mut imposed, &raw, &cleaned);
         }
-        let t = self.cfg.preprocess.spacing;
-        let rs = primary.ras_shape;
-        let idx = |a: usize, i: usize, n: usize| {
-            (((i as f64) * primary.ras_spacing[a] / t).round() as usize).min(n - 1)
-        };
-        let ras = Array3::from_shape_fn((rs[0], rs[1], rs[2]), |(i, j, l)| {
-            work_labels[[idx(0, i, x), idx(1, j, y), idx(2, l, z)]]
-        });
+        let ras = upsample::upsample_argmax(
+            &imposed,
+            self.cfg.preprocess.spacing,
+            primary.ras_shape,
+            primary.ras_spacing,
+        );
         let ras_vol = Volume::new(ras, primary.ras_spacing, nalgebra::Matrix4::identity());
         let back = from_ras(&ras_vol, &primary.reorientation);
         let labels = Volume::new(

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 pub enum Preset {
     /// 96³ patches, C = 48, heads (3,6,12,24), window 6, 1.5 mm: the paper's scale (GPU).
     Paper,
-    /// 64³ patches, C = 12, heads (1,2,4,8), window 4, 3 mm: training on a CPU.
+    /// 32³ patches, C = 12, heads (1,2,4,8), window 4, 4 mm: an hour's training on a CPU.
     Cpu,
     /// 32³ patches, C = 8, heads (1,2,4,8), window 4, 4 mm: tests and the demo.
     Tiny,
@@ -81,7 +81,7 @@ impl ModelConfig {
     pub fn preset(p: Preset) -> ModelConfig {
         let (patch, feature_size, heads, window) = match p {
             Preset::Paper => (96, 48, [3, 6, 12, 24], 6),
-            Preset::Cpu => (64, 12, [1, 2, 4, 8], 4),
+            Preset::Cpu => (32, 12, [1, 2, 4, 8], 4),
             Preset::Tiny => (32, 8, [1, 2, 4, 8], 4),
         };
         ModelConfig {
