@@ -24,6 +24,10 @@ pub struct BenchArgs {
     /// Preset for `bench model`.
     #[arg(long, value_enum, default_value_t = Preset::Cpu)]
     pub preset: Preset,
+    /// Patch size for `bench model` instead of the preset's (a multiple of 32); `--preset
+    /// cpu --patch 64` is the network the PyTorch reference calls `cpu`.
+    #[arg(long)]
+    pub patch: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -32,6 +36,9 @@ pub enum BenchWhat {
     Kernels,
     /// One RL-U²Net forward pass (inference) and forward+backward (training) of a CT+MRI pair.
     Model,
+    /// Sliding-window inference of a 160×160×128 CT+MRI pair on the working grid (overlap
+    /// 0.5, Gaussian weights, argmax), as the PyTorch reference's `--phase sw`.
+    Sw,
 }
 
 fn median_ms(runs: usize, mut f: impl FnMut()) -> (f64, Vec<f64>) {
@@ -82,13 +89,61 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     match a.what {
         BenchWhat::Kernels => kernels(a),
         BenchWhat::Model => model(a),
+        BenchWhat::Sw => sliding_window(a),
     }
 }
 
-fn model(a: BenchArgs) -> anyhow::Result<()> {
-    use crate::model::{ActionMode, ModelConfig, RlU2Net};
+/// The model configuration `bench model` and `bench sw` time: the preset, `--patch` applied.
+fn bench_config(a: &BenchArgs) -> anyhow::Result<crate::config::TrainConfig> {
+    let mut cfg = crate::config::TrainConfig::preset(a.preset);
+    if let Some(p) = a.patch {
+        cfg.model.patch = p;
+        cfg.model.validate()?;
+    }
+    Ok(cfg)
+}
+
+fn sliding_window(a: BenchArgs) -> anyhow::Result<()> {
+    use crate::infer::{Predictor, argmax_labels};
+    use crate::model::RlU2Net;
     use rand::SeedableRng;
-    let cfg = ModelConfig::preset(a.preset);
+    use rand_distr::{Distribution as _, Normal};
+    let cfg = bench_config(&a)?;
+    let dev = device(a.backend)?;
+    let shape = (160, 160, 128);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let normal = Normal::new(0.0f32, 1.0).expect("valid");
+    let mut vol = || ndarray::Array3::from_shape_simple_fn(shape, || normal.sample(&mut rng));
+    let (ct, mr) = (vol(), vol());
+    let net = RlU2Net::new(&cfg.model, &dev);
+    let stats = crate::preprocess::CtStats {
+        clip_low: -1000.0,
+        clip_high: 1000.0,
+        mean: 0.0,
+        std: 1.0,
+    };
+    let p = Predictor::from_parts(cfg.clone(), stats, net, dev.clone(), 0.5, false);
+    println!(
+        "backend: {}; threads: {}; preset {:?}, {}³ windows, a {shape:?} pair, overlap 0.5",
+        describe(a.backend),
+        rayon::current_num_threads(),
+        a.preset,
+        cfg.model.patch
+    );
+    let hidden = indicatif::ProgressBar::hidden();
+    let (m, all) = median_ms(a.runs, || {
+        let (pc, pm) = p.probabilities_pair(&ct, &mr, &hidden);
+        let _ = (argmax_labels(&pc), argmax_labels(&pm));
+        sync(&dev);
+    });
+    println!("sliding window (pair, both branches): median {m:.0} ms, runs {all:.0?}");
+    Ok(())
+}
+
+fn model(a: BenchArgs) -> anyhow::Result<()> {
+    use crate::model::{ActionMode, RlU2Net};
+    use rand::SeedableRng;
+    let cfg = bench_config(&a)?.model;
     let p = cfg.patch;
     let dev = device(a.backend)?;
     println!(

@@ -396,13 +396,25 @@ pub struct AblateArgs {
     /// Where to compute (`--device` as in nnU-Net and TotalSegmentator; `--backend` also works).
     #[arg(long, visible_alias = "device", value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
+    /// Only these rows (comma-separated), e.g. to run the table in parts.
+    #[arg(long, value_delimiter = ',', default_values_t = VARIANTS.map(String::from))]
+    pub variants: Vec<String>,
 }
+
+/// The rows of the paper's Table 2.
+const VARIANTS: [&str; 5] = ["full", "no_cma", "no_rl_xalign", "no_align_loss", "no_agwd"];
 
 /// The paper's Table 2: the full model and each ablation, same budget and seed.
 pub fn ablate(a: AblateArgs) -> anyhow::Result<()> {
-    let variants = ["full", "no_cma", "no_rl_xalign", "no_align_loss", "no_agwd"];
+    for v in &a.variants {
+        anyhow::ensure!(
+            VARIANTS.contains(&v.as_str()),
+            "unknown variant `{v}` (variants: {})",
+            VARIANTS.join(", ")
+        );
+    }
     let mut rows = Vec::new();
-    for v in variants {
+    for v in a.variants.iter().map(String::as_str) {
         let mut cfg = TrainConfig::preset(a.preset);
         cfg.seed = a.seed;
         cfg.steps_per_epoch = 25;
