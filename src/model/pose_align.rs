@@ -148,16 +148,42 @@ pub fn mean_rotated(x: Tensor<5>, rotations: &[SignedPerm], weights: &[f64]) -> 
 /// inputs (before CMA and fusion), so it depends on the rotation and cannot be
 /// raised by the network making F_aligned copy F_primary (the PPO reward, METHOD.md §3).
 pub fn pose_similarity(primary: &Tensor<5>, auxiliary: &Tensor<5>, r: &SignedPerm) -> f64 {
-    let centred = |x: Tensor<5>| {
-        let m = x.clone().mean_dim(2).mean_dim(3).mean_dim(4);
-        x - m
-    };
-    let a = centred(primary.clone().detach());
-    let b = centred(rotate_spatial(auxiliary.clone().detach(), r));
+    let a = channel_centred(primary.clone().detach());
+    let b = channel_centred(rotate_spatial(auxiliary.clone().detach(), r));
     let dot = (a.clone() * b.clone()).sum().into_scalar::<f32>() as f64;
     let na = a.powi_scalar(2).sum().into_scalar::<f32>() as f64;
     let nb = b.powi_scalar(2).sum().into_scalar::<f32>() as f64;
     dot / ((na * nb).sqrt() + 1e-12)
+}
+
+/// `pose_similarity` for each of `rotations`, with what does not depend on the rotation
+/// computed once: a rotation permutes voxels, so it changes neither a channel's mean
+/// nor the norm; only the product is taken per rotation.
+pub fn pose_similarities(
+    primary: &Tensor<5>,
+    auxiliary: &Tensor<5>,
+    rotations: &[SignedPerm],
+) -> Vec<f64> {
+    let a = channel_centred(primary.clone().detach());
+    let b = channel_centred(auxiliary.clone().detach());
+    let na = a.clone().powi_scalar(2).sum().into_scalar::<f32>() as f64;
+    let nb = b.clone().powi_scalar(2).sum().into_scalar::<f32>() as f64;
+    let norm = (na * nb).sqrt() + 1e-12;
+    rotations
+        .iter()
+        .map(|r| {
+            let dot = (a.clone() * rotate_spatial(b.clone(), r))
+                .sum()
+                .into_scalar::<f32>() as f64;
+            dot / norm
+        })
+        .collect()
+}
+
+/// Each channel's spatial mean removed.
+fn channel_centred(x: Tensor<5>) -> Tensor<5> {
+    let m = x.clone().mean_dim(2).mean_dim(3).mean_dim(4);
+    x - m
 }
 
 /// The rotations of action indices, and their inverses.
@@ -193,6 +219,20 @@ mod tests {
             assert_eq!(best, inv[pose], "pose {pose}: {sims:?}");
             assert!((sims[best] - 1.0).abs() < 1e-5);
             assert!(sims.iter().enumerate().all(|(a, s)| a == best || *s < 0.5));
+        }
+    }
+
+    #[test]
+    fn pose_similarities_equal_one_pose_similarity_per_rotation() {
+        use burn::tensor::Distribution;
+        let dev = Device::flex();
+        let a = Tensor::<5>::random([1, 4, 6, 6, 6], Distribution::Normal(0.5, 1.0), &dev);
+        let b = Tensor::<5>::random([1, 4, 6, 6, 6], Distribution::Normal(-1.0, 2.0), &dev);
+        let b = b + rotate_spatial(a.clone(), &cube_rotations()[7]);
+        let all = pose_similarities(&a, &b, cube_rotations());
+        for (r, s) in cube_rotations().iter().zip(&all) {
+            let one = pose_similarity(&a, &b, r);
+            assert!((one - s).abs() < 1e-6, "{one} against {s}");
         }
     }
 

@@ -6,7 +6,7 @@ use burn::prelude::*;
 
 use crate::geometry::cube_rotations;
 use crate::model::RlU2Net;
-use crate::model::pose_align::pose_similarity;
+use crate::model::pose_align::pose_similarities;
 
 /// For each of the 24 cube rotations R: the similarity (`pose_similarity`) of the
 /// CT features and the MRI features rotated by R, at the input of every RL-XAlign
@@ -26,12 +26,10 @@ pub fn rotation_scores(
     let usable: Vec<usize> = (0..f_ct.len())
         .filter(|&l| f_ct[l].dims()[2] >= 4)
         .collect();
-    let rots = cube_rotations();
-    std::array::from_fn(|a| {
-        usable
-            .iter()
-            .map(|&l| pose_similarity(&f_ct[l], &f_mr[l], &rots[a]))
-            .sum::<f64>()
-            / usable.len().max(1) as f64
-    })
+    let mut sum = [0.0f64; 24];
+    for &l in &usable {
+        let s = pose_similarities(&f_ct[l], &f_mr[l], cube_rotations());
+        sum.iter_mut().zip(s).for_each(|(t, v)| *t += v);
+    }
+    sum.map(|t| t / usable.len().max(1) as f64)
 }

@@ -283,19 +283,23 @@ impl Trainer<'_> {
             v_loss.is_finite(),
             "the loss became {v_loss} at step {step}; lower optim.lr"
         );
-        // no agents (`no_rl_xalign`), no probe pass
-        let sims: Vec<Vec<f64>> = match (&batch.probe, batch.self_paired) {
-            (Some(probe), false) if !self.agents.is_empty() => {
-                let inner = self.device.clone().inner();
-                let s = rotation_scores(&self.model.valid(), probe, p, &inner);
-                fixed
-                    .iter()
-                    .map(|acts| acts.iter().map(|&a| s[a]).collect())
-                    .collect()
+        // the probe's scores (no agents with `no_rl_xalign`: no probe pass) need only the
+        // weights before this step's update, so they are computed while backward runs
+        let probe_scores = || -> Vec<Vec<f64>> {
+            match (&batch.probe, batch.self_paired) {
+                (Some(probe), false) if !self.agents.is_empty() => {
+                    let inner = self.device.clone().inner();
+                    let s = rotation_scores(&self.model.valid(), probe, p, &inner);
+                    fixed
+                        .iter()
+                        .map(|acts| acts.iter().map(|&a| s[a]).collect())
+                        .collect()
+                }
+                _ => Vec::new(),
             }
-            _ => Vec::new(),
         };
-        let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        let (sims, raw_grads) = rayon::join(probe_scores, || loss.backward());
+        let mut grads = GradientsParams::from_grads(raw_grads, &self.model);
         let grad_norm = clip_global_norm(&self.model, &mut grads, cfg.optim.grad_clip_norm);
         self.model = self.optim.step(lr, self.model.clone(), grads);
 
