@@ -359,17 +359,24 @@ mod tests {
 
     #[test]
     fn finite_difference_gradient_of_res_fusion() {
+        // inputs from a local seeded generator (the device's is shared with the tests
+        // running beside this one); a small step so that no LeakyReLU kink falls inside it
         let dev = Device::flex().autodiff();
         let m = ResFusion::new(3, &dev);
-        let own = Tensor::<5>::random([1, 3, 4, 4, 4], Distribution::Normal(0.0, 1.0), &dev)
-            .require_grad();
-        let other = Tensor::<5>::random([1, 3, 4, 4, 4], Distribution::Normal(0.0, 1.0), &dev);
-        let w = Tensor::<5>::random([1, 3, 4, 4, 4], Distribution::Normal(0.0, 1.0), &dev);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let normal = rand_distr::Normal::new(0.0f32, 1.0).unwrap();
+        let mut draw = || {
+            let v: Vec<f32> = (0..192).map(|_| rng.sample(normal)).collect();
+            Tensor::<5>::from_data(TensorData::new(v, [1, 3, 4, 4, 4]), &dev)
+        };
+        let own = draw().require_grad();
+        let other = draw();
+        let w = draw();
         let loss = |x: Tensor<5>| (m.forward(x, other.clone()) * w.clone()).sum();
         let grads = loss(own.clone()).backward();
         let g = vals(own.grad(&grads).unwrap());
         let base = vals(own.clone());
-        let eps = 1e-2f32;
+        let eps = 2e-3f32;
         for idx in [0usize, 17, 63, 100, 191] {
             let mut plus = base.clone();
             plus[idx] += eps;
