@@ -388,15 +388,16 @@ impl Predictor {
     fn prediction(&self, primary: &Input, probs: Array4<f32>) -> Prediction {
         // post-processing on the working grid, imposed on the probabilities; then the
         // probabilities interpolated onto the input's RAS grid and the argmax taken there
-        let raw = argmax_labels(&probs);
-        let mut imposed = probs.clone();
-        if self.keep_largest {
+        let imposed = self.keep_largest.then(|| {
+            let raw = argmax_labels(&probs);
             let mut cleaned = raw.clone();
             postprocess::clean_label_map(&mut cleaned);
+            let mut imposed = probs.clone();
             upsample::impose_labels(&mut imposed, &raw, &cleaned);
-        }
+            imposed
+        });
         let ras = upsample::upsample_argmax(
-            &imposed,
+            imposed.as_ref().unwrap_or(&probs),
             self.cfg.preprocess.spacing,
             primary.ras_shape,
             primary.ras_spacing,

@@ -9,24 +9,7 @@
 use ndarray::{Array3, Array4, Axis};
 use rayon::prelude::*;
 
-/// Per output index along one axis: the two working-grid neighbours and the weight of
-/// the second. Output voxel `i` lies at `i · out_spacing / work_spacing` working voxels,
-/// the inverse of `preprocess::resample_linear`'s mapping (edges clamped).
-fn axis_weights(
-    n_out: usize,
-    out_spacing: f64,
-    work_spacing: f64,
-    n_work: usize,
-) -> Vec<(usize, usize, f32)> {
-    (0..n_out)
-        .map(|i| {
-            let x = (i as f64 * out_spacing / work_spacing).min((n_work - 1) as f64);
-            let i0 = x.floor() as usize;
-            let i1 = (i0 + 1).min(n_work - 1);
-            (i0, i1, (x - i0 as f64) as f32)
-        })
-        .collect()
-}
+use crate::preprocess::linear_axis_weights;
 
 /// The argmax over classes of `probs` `[K, X, Y, Z]` (on a grid of `work_spacing` mm)
 /// interpolated trilinearly onto a grid of `out_shape` voxels of `out_spacing` mm with
@@ -39,8 +22,11 @@ pub fn upsample_argmax(
 ) -> Array3<u8> {
     let (k, x, y, z) = probs.dim();
     let n = [x, y, z];
-    let [ax, ay, az] =
-        std::array::from_fn(|a| axis_weights(out_shape[a], out_spacing[a], work_spacing, n[a]));
+    // output voxel i sits at i · out_spacing / work_spacing working voxels, the inverse
+    // of `preprocess::resample_linear`'s mapping
+    let [ax, ay, az] = std::array::from_fn(|a| {
+        linear_axis_weights(out_shape[a], out_spacing[a] / work_spacing, n[a])
+    });
     let mut out = Array3::<u8>::zeros((out_shape[0], out_shape[1], out_shape[2]));
     out.axis_iter_mut(Axis(0))
         .into_par_iter()

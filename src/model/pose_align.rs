@@ -142,22 +142,14 @@ pub fn mean_rotated(x: Tensor<5>, rotations: &[SignedPerm], weights: &[f64]) -> 
     mean_over(rotations, weights, |r| rotate_spatial(x.clone(), r))
 }
 
-/// How well rotation `r` lines the auxiliary map `[B, C, n, n, n]` up with the
+/// For each of `rotations`, how well it lines the auxiliary map `[B, C, n, n, n]` up with the
 /// primary one: the normalised cross-correlation of the two maps, each channel's
 /// spatial mean removed first. Computed without gradient from the module's
 /// inputs (before CMA and fusion), so it depends on the rotation and cannot be
 /// raised by the network making F_aligned copy F_primary (the PPO reward, METHOD.md §3).
-pub fn pose_similarity(primary: &Tensor<5>, auxiliary: &Tensor<5>, r: &SignedPerm) -> f64 {
-    let a = channel_centred(primary.clone().detach());
-    let b = channel_centred(rotate_spatial(auxiliary.clone().detach(), r));
-    let dot = (a.clone() * b.clone()).sum().into_scalar::<f32>() as f64;
-    let na = a.powi_scalar(2).sum().into_scalar::<f32>() as f64;
-    let nb = b.powi_scalar(2).sum().into_scalar::<f32>() as f64;
-    dot / ((na * nb).sqrt() + 1e-12)
-}
-
-/// `pose_similarity` for each of `rotations`, with what does not depend on the rotation
-/// computed once: a rotation permutes voxels, so it changes neither a channel's mean
+///
+/// What does not depend on the rotation is computed once: a rotation permutes voxels,
+/// so it changes neither a channel's mean
 /// nor the norm; only the product is taken per rotation.
 pub fn pose_similarities(
     primary: &Tensor<5>,
@@ -198,6 +190,16 @@ pub fn rotations_of(actions: &[usize]) -> (Vec<SignedPerm>, Vec<SignedPerm>) {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    /// One rotation's score computed directly: the reference for `pose_similarities`.
+    fn pose_similarity(primary: &Tensor<5>, auxiliary: &Tensor<5>, r: &SignedPerm) -> f64 {
+        let a = channel_centred(primary.clone().detach());
+        let b = channel_centred(rotate_spatial(auxiliary.clone().detach(), r));
+        let dot = (a.clone() * b.clone()).sum().into_scalar::<f32>() as f64;
+        let na = a.powi_scalar(2).sum().into_scalar::<f32>() as f64;
+        let nb = b.powi_scalar(2).sum().into_scalar::<f32>() as f64;
+        dot / ((na * nb).sqrt() + 1e-12)
+    }
 
     #[test]
     fn pose_similarity_peaks_at_the_rotation_that_undoes_the_pose() {

@@ -132,6 +132,19 @@ pub fn resampled_shape(shape: [usize; 3], spacing: [f64; 3], target: [f64; 3]) -
     std::array::from_fn(|a| ((shape[a] as f64 * spacing[a] / target[a]).round() as usize).max(1))
 }
 
+/// Per output index along one axis: the two source neighbours and the weight of the
+/// second, output voxel `i` sitting at `i · scale` source voxels (edges clamped).
+pub fn linear_axis_weights(n_out: usize, scale: f64, n_src: usize) -> Vec<(usize, usize, f32)> {
+    (0..n_out)
+        .map(|i| {
+            let x = (i as f64 * scale).min((n_src - 1) as f64);
+            let i0 = x.floor() as usize;
+            let i1 = (i0 + 1).min(n_src - 1);
+            (i0, i1, (x - i0 as f64) as f32)
+        })
+        .collect()
+}
+
 /// Resample an axis-aligned (e.g. RAS) volume to `target` spacing. Images are
 /// interpolated trilinearly (edges clamped); the affine's columns are rescaled.
 pub fn resample_linear(vol: &Volume<f32>, target: [f64; 3]) -> Volume<f32> {
@@ -139,17 +152,7 @@ pub fn resample_linear(vol: &Volume<f32>, target: [f64; 3]) -> Volume<f32> {
     let out_shape = resampled_shape(shape, vol.spacing, target);
     let scale: [f64; 3] = std::array::from_fn(|a| target[a] / vol.spacing[a]);
     let src = &vol.data;
-    // per-axis (index, weight) pairs
-    let axis = |a: usize| -> Vec<(usize, usize, f32)> {
-        (0..out_shape[a])
-            .map(|i| {
-                let x = (i as f64 * scale[a]).min((shape[a] - 1) as f64);
-                let i0 = x.floor() as usize;
-                let i1 = (i0 + 1).min(shape[a] - 1);
-                (i0, i1, (x - i0 as f64) as f32)
-            })
-            .collect()
-    };
+    let axis = |a: usize| linear_axis_weights(out_shape[a], scale[a], shape[a]);
     let (ax, ay, az) = (axis(0), axis(1), axis(2));
     let mut out = Array3::<f32>::zeros((out_shape[0], out_shape[1], out_shape[2]));
     out.axis_iter_mut(ndarray::Axis(0))

@@ -8,7 +8,7 @@ use crate::geometry::cube_rotations;
 use crate::model::RlU2Net;
 use crate::model::pose_align::pose_similarities;
 
-/// For each of the 24 cube rotations R: the similarity (`pose_similarity`) of the
+/// For each of the 24 cube rotations R: the similarity (`pose_similarities`) of the
 /// CT features and the MRI features rotated by R, at the input of every RL-XAlign
 /// module whose map is at least 4 voxels wide, averaged over those levels. `probe`
 /// is a CT and an MRI window of edge `p` (`data::sampler::central_pair`). No
