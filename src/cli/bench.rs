@@ -241,6 +241,31 @@ fn kernels(a: BenchArgs) -> anyhow::Result<()> {
         }),
     );
 
+    // instance norm + LeakyReLU on [1, 12, 64, 64, 64] (each ResBlock has two)
+    let norm = crate::model::layers::Norm3d::new(12, false, &dev);
+    let x = Tensor::<5>::random([1, 12, 64, 64, 64], Distribution::Normal(0.0, 1.0), &dev);
+    report(
+        "InstanceNorm + LeakyReLU [1,12,64^3] forward",
+        median_ms(a.runs, || {
+            let y = crate::model::layers::lrelu(norm.forward(x.clone()));
+            let _ = y.sum().into_scalar::<f32>();
+            sync(&dev);
+        }),
+    );
+    let norm_ad = crate::model::layers::Norm3d::new(12, false, &ad);
+    let xa = Tensor::<5>::random([1, 12, 64, 64, 64], Distribution::Normal(0.0, 1.0), &ad)
+        .require_grad();
+    report(
+        "InstanceNorm + LeakyReLU [1,12,64^3] forward+backward",
+        median_ms(a.runs, || {
+            let y = crate::model::layers::lrelu(norm_ad.forward(xa.clone()));
+            let g = (y.clone() * y).sum().backward();
+            let gx = xa.grad(&g).expect("input gradient");
+            let _ = gx.sum().into_scalar::<f32>();
+            sync(&ad);
+        }),
+    );
+
     // windowed attention: 512 windows x 64 tokens (4^3) x 96 channels, 3 heads
     let (nw, n, c, h) = (512, 64, 96, 3);
     let x = Tensor::<3>::random([nw, n, c], Distribution::Normal(0.0, 1.0), &ad).require_grad();

@@ -4,7 +4,7 @@ use burn::nn::conv::{Conv3d, Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfi
 use burn::prelude::*;
 
 use super::config::ModelConfig;
-use super::layers::{Norm3d, ResBlock, conv3, lrelu};
+use super::layers::{Norm3d, ResBlock, conv3};
 
 /// Res-Fusion: own skip + conv3³(LReLU(norm(conv1³([own, other])))) → norm, as a residual.
 #[derive(Module, Debug)]
@@ -28,7 +28,7 @@ impl ResFusion {
     /// `other` is already turned into this branch's pose.
     pub fn forward(&self, own: Tensor<5>, other: Tensor<5>) -> Tensor<5> {
         let y = self.conv1.forward(Tensor::cat(vec![own.clone(), other], 1));
-        let y = lrelu(self.norm1.forward(y));
+        let y = self.norm1.forward_lrelu(y);
         own + self.norm2.forward(self.conv2.forward(y))
     }
 }

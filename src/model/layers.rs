@@ -5,6 +5,7 @@ use burn::nn::{InstanceNorm, InstanceNormConfig, PaddingConfig3d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
+use super::norm_act;
 use crate::geometry::SignedPerm;
 
 /// Rotate the spatial part of `[B, C, D, H, W]` (D = H = W) about its centre by a
@@ -119,10 +120,34 @@ impl Norm3d {
     }
 
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        self.forward_act(x, None)
+    }
+
+    /// LeakyReLU(0.01)(norm(x)), as one operation on the CPU backend.
+    pub fn forward_lrelu(&self, x: Tensor<5>) -> Tensor<5> {
+        self.forward_act(x, Some(norm_act::SLOPE))
+    }
+
+    fn forward_act(&self, x: Tensor<5>, slope: Option<f32>) -> Tensor<5> {
         let [_, _, d, h, w] = x.dims();
         match &self.norm {
-            Some(n) if d * h * w > 1 => n.forward(x),
-            _ => x,
+            Some(n) if d * h * w > 1 => {
+                let (gamma, beta) = match (&n.gamma, &n.beta) {
+                    (Some(g), Some(b)) => (g.val(), b.val()),
+                    _ => {
+                        let dev = x.device();
+                        (
+                            Tensor::ones([n.num_channels], &dev),
+                            Tensor::zeros([n.num_channels], &dev),
+                        )
+                    }
+                };
+                norm_act::instance_norm_act(x, gamma, beta, n.epsilon, slope)
+            }
+            _ => match slope {
+                Some(_) => lrelu(x),
+                None => x,
+            },
         }
     }
 }
@@ -177,7 +202,7 @@ impl ResBlock {
     }
 
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let y = lrelu(self.norm1.forward(self.conv1.forward(x.clone())));
+        let y = self.norm1.forward_lrelu(self.conv1.forward(x.clone()));
         let y = self.norm2.forward(self.conv2.forward(y));
         let res = match (&self.shortcut, &self.norm3) {
             (Some(c), Some(n)) => n.forward(c.forward(x)),

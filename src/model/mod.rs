@@ -5,6 +5,7 @@ pub mod config;
 pub mod decoder;
 pub mod info;
 pub mod layers;
+pub mod norm_act;
 pub mod pose_align;
 pub mod rlu2net;
 pub mod swin;
