@@ -34,10 +34,23 @@ def op_of(frames):
             name = m.group(1) + "::" + m.group(2)
     if name:
         return name
-    leaf = frames[0] if frames else "?"
-    leaf = re.sub(r"^[0-9a-f]+\s+", "", leaf.strip())
-    leaf = re.sub(r"\s+\(.*\)$", "", leaf)
-    return "(outside ops) " + leaf[:70]
+    syms = [clean(f) for f in frames]
+    for s in syms:  # a backend helper or the GEMM on a worker thread
+        for key in ("burn_flex::", "gemm_", "rayon"):
+            if s.startswith(key) or ("<" + key) in s:
+                return "(worker) " + short(s)
+    return "(outside ops) " + short(syms[0] if syms else "?")
+
+
+def clean(frame):
+    f = re.sub(r"^[0-9a-f]+\s+", "", frame)
+    f = re.sub(r"\s+\(.*\)$", "", f)
+    return re.sub(r"\+0x[0-9a-f]+$", "", f)
+
+
+def short(sym):
+    sym = re.sub(r"<impl [^>]*>", "<impl>", sym)
+    return sym[:70]
 
 
 def samples(lines):

@@ -375,13 +375,14 @@ fn softmax_row_f32_simd<S: macerator::Simd>(input: &[f32], output: &mut [f32]) {
     }
 
     // Pass 2: compute exp(x - max), store in output, accumulate sum.
-    // Scalar exp (no SIMD exp in macerator). This pass is the one that
-    // actually does memory reads + writes on the whole row, so scalar
-    // here still lands us at memory bandwidth.
-    let mut sum = 0.0f32;
+    // (patch: the branch-free polynomial exp of `unary`, vectorised here with
+    // this function's SIMD features, instead of libm's scalar `expf`)
     for idx in 0..len {
-        let e = (input[idx] - max_val).exp();
-        output[idx] = e;
+        output[idx] = input[idx] - max_val;
+    }
+    crate::ops::unary::exp_f32_in_place(&mut output[..len]);
+    let mut sum = 0.0f32;
+    for &e in &output[..len] {
         sum += e;
     }
 

@@ -163,7 +163,74 @@ where
 
 /// Exponential: e^x
 pub fn exp(tensor: FlexTensor) -> FlexTensor {
+    if tensor.dtype() == DType::F32 {
+        if let Some(src) = tensor.as_slice::<f32>() {
+            return exp_f32_contiguous(src, tensor.layout().shape().clone());
+        }
+    }
     unary_op(tensor, |x| x.exp(), |x| x.exp())
+}
+
+/// exp of a contiguous f32 tensor: chunks in parallel, each by [`exp_f32_lanes`] (patch:
+/// upstream calls the scalar libm `expf` element by element on one thread).
+fn exp_f32_contiguous(src: &[f32], shape: burn_std::Shape) -> FlexTensor {
+    let mut out = alloc::vec![0.0f32; src.len()];
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 14;
+        out.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(o, i)| exp_f32_lanes(i, o));
+    }
+    #[cfg(not(feature = "rayon"))]
+    exp_f32_lanes(src, &mut out);
+    FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(shape), DType::F32)
+}
+
+/// exp(x) for each element, branch-free so the compiler vectorises it: x = n·ln2 + r with
+/// |r| ≤ ln2/2, exp(r) by Cephes' degree-6 polynomial (relative error about 1e-7), 2ⁿ
+/// written into the exponent bits. Below −87.3 the result is 0, above 88.7 it is +inf,
+/// NaN stays NaN.
+pub fn exp_f32_lanes(src: &[f32], out: &mut [f32]) {
+    for (o, &x) in out.iter_mut().zip(src) {
+        *o = exp_f32(x);
+    }
+}
+
+/// [`exp_f32_lanes`] in place.
+#[inline(always)]
+pub fn exp_f32_in_place(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v = exp_f32(*v);
+    }
+}
+
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = core::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
+    let xc = x.clamp(-87.336_55, 88.722_83);
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    // 2ⁿ: n in [−126, 128]; n = 128 (x near 88.72) is split as 2·2¹²⁷
+    let ni = n as i32;
+    let half = ni >> 1;
+    let s1 = f32::from_bits(((half + 127) as u32) << 23);
+    let s2 = f32::from_bits(((ni - half + 127) as u32) << 23);
+    let y = er * s1 * s2;
+    let y = if x > 88.722_83 { f32::INFINITY } else { y };
+    let y = if x < -87.336_55 { 0.0 } else { y };
+    if x.is_nan() { x } else { y }
 }
 
 /// Natural logarithm: ln(x)
