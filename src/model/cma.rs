@@ -3,12 +3,12 @@
 
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 
 use super::layers::{
     channels_first, channels_last, pad_to_windows, window_and_shift, window_partition,
     window_reverse,
 };
+use super::softmax::softmax_last;
 
 #[derive(Module, Debug)]
 pub struct Cma {
@@ -68,10 +68,9 @@ impl Cma {
         };
         let k_ = split(self.k.forward(aw.clone()), k * bw); // eq. 2
         let v = split(self.v.forward(aw), k * bw); // eq. 3
-        let att = softmax(
+        let att = softmax_last(
             q.matmul(k_.swap_dims(2, 3))
                 .mul_scalar(1.0 / (hd as f64).sqrt()),
-            3,
         ); // eq. 4
         let o = att.matmul(v).swap_dims(1, 2).reshape([k * bw, n, c]);
         let o = self.out.forward(o); // eq. 5

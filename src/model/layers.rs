@@ -5,7 +5,7 @@ use burn::nn::{InstanceNorm, InstanceNormConfig, PaddingConfig3d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use super::norm_act;
+use super::{add_act, norm_act};
 use crate::geometry::SignedPerm;
 
 /// Rotate the spatial part of `[B, C, D, H, W]` (D = H = W) about its centre by a
@@ -208,7 +208,7 @@ impl ResBlock {
             (Some(c), Some(n)) => n.forward(c.forward(x)),
             _ => x,
         };
-        lrelu(y + res)
+        add_act::add_lrelu(y, res, norm_act::SLOPE)
     }
 }
 

@@ -1,13 +1,16 @@
 //! The RL-U²Net network (METHOD.md §2) as Burn modules.
 
+pub mod add_act;
 pub mod cma;
 pub mod config;
 pub mod decoder;
+pub mod flex_op;
 pub mod info;
 pub mod layers;
 pub mod norm_act;
 pub mod pose_align;
 pub mod rlu2net;
+pub mod softmax;
 pub mod swin;
 pub mod xalign;
 

@@ -18,21 +18,20 @@
 
 use std::sync::Arc;
 
-use burn::backend::tensor::FloatTensor;
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use burn::tensor::activation::relu;
 use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_dispatch::backends::Flex;
 use burn_dispatch::backends::flex::FlexTensor;
-use burn_dispatch::backends::{Autodiff, Flex};
 use rayon::prelude::*;
+
+use super::flex_op::{self, Ad, AdTensor, Place};
 
 /// The LeakyReLU slope of MONAI's `UnetResBlock`.
 pub const SLOPE: f32 = 0.01;
-
-type Ad = Autodiff<Flex>;
 
 /// Per row (one sample, one channel): mean and 1/√(σ² + ε).
 #[derive(Clone, Copy, Debug)]
@@ -121,10 +120,11 @@ fn forward_rows(
         .for_each(|(r, (out, row))| {
             let c = r % channels;
             let s = stats[r];
-            let scale = gamma[c] * s.rstd;
-            let shift = beta[c] - s.mean * scale;
+            // (x − μ) first: folding μ into a shift (x·scale + shift) cancels
+            // catastrophically when |μ| ≫ σ
+            let (scale, shift) = (gamma[c] * s.rstd, beta[c]);
             for (o, &v) in out.iter_mut().zip(row) {
-                *o = activate(v * scale + shift, slope);
+                *o = activate((v - s.mean) * scale + shift, slope);
             }
         });
     (y, stats)
@@ -200,14 +200,6 @@ fn backward_rows(
     (dx, dgamma, dbeta)
 }
 
-fn f32_values(t: &FlexTensor) -> Option<FlexTensor> {
-    (t.dtype() == burn::tensor::DType::F32).then(|| t.to_contiguous())
-}
-
-fn flex_from(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
-}
-
 /// `[B, C, ...]` → (rows, voxels per row).
 fn rows_of(shape: &[usize]) -> (usize, usize) {
     (shape[0] * shape[1], shape[2..].iter().product())
@@ -224,51 +216,40 @@ impl Backward<Flex, 3> for NormActBackward {
         let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
         let shape = st.x.layout().shape().to_vec();
         let (_, n) = rows_of(&shape);
-        let x = st.x.as_slice::<f32>().expect("contiguous f32 input");
-        let dy_v = dy.as_slice::<f32>().expect("f32 gradient");
+        let x = flex_op::values(&st.x);
+        let dy_v = flex_op::values(&dy);
         let (dx, dgamma, dbeta) = backward_rows(&st, x, dy_v, n);
         let [px, pg, pb] = ops.parents;
         let c = st.gamma.len();
         if let Some(node) = px {
-            grads.register::<Flex>(node.id, flex_from(dx, shape));
+            grads.register::<Flex>(node.id, flex_op::from_values(dx, shape));
         }
         if let Some(node) = pg {
-            grads.register::<Flex>(node.id, flex_from(dgamma, vec![c]));
+            grads.register::<Flex>(node.id, flex_op::from_values(dgamma, vec![c]));
         }
         if let Some(node) = pb {
-            grads.register::<Flex>(node.id, flex_from(dbeta, vec![c]));
+            grads.register::<Flex>(node.id, flex_op::from_values(dbeta, vec![c]));
         }
     }
 }
 
 /// The fused operation on the CPU backend's tensors, tracked by autodiff.
 fn on_autodiff(
-    x: FloatTensor<Ad>,
-    gamma: FloatTensor<Ad>,
-    beta: FloatTensor<Ad>,
+    x: AdTensor,
+    gamma: AdTensor,
+    beta: AdTensor,
     eps: f64,
     slope: Option<f32>,
-) -> FloatTensor<Ad> {
-    let xv = f32_values(x.primitive()).expect("f32 input");
+) -> AdTensor {
+    let xv = flex_op::contiguous(x.primitive());
     let g = Arc::new(values_of(gamma.primitive()));
     let b = Arc::new(values_of(beta.primitive()));
-    let shape = xv.layout().shape().to_vec();
+    let shape = flex_op::shape_of(&xv);
     let (_, n) = rows_of(&shape);
-    let (y, stats) = forward_rows(
-        xv.as_slice::<f32>().expect("contiguous"),
-        n,
-        &g,
-        &b,
-        eps,
-        slope,
-    );
-    let out = flex_from(y, shape);
+    let (y, stats) = forward_rows(flex_op::values(&xv), n, &g, &b, eps, slope);
+    let out = flex_op::from_values(y, shape);
     match NormActBackward
-        .prepare::<burn_autodiff::checkpoint::strategy::NoCheckpointing>([
-            x.node(),
-            gamma.node(),
-            beta.node(),
-        ])
+        .prepare::<NoCheckpointing>([x.node(), gamma.node(), beta.node()])
         .compute_bound()
         .stateful()
     {
@@ -287,11 +268,7 @@ fn on_autodiff(
 }
 
 fn values_of(t: &FlexTensor) -> Vec<f32> {
-    f32_values(t)
-        .expect("f32 parameter")
-        .as_slice::<f32>()
-        .expect("contiguous")
-        .to_vec()
+    flex_op::values(&flex_op::contiguous(t)).to_vec()
 }
 
 /// The same function as tensor operations (any backend): the reference of the tests
@@ -327,33 +304,29 @@ pub fn instance_norm_act(
     eps: f64,
     slope: Option<f32>,
 ) -> Tensor<5> {
-    let fused = x.dtype() == burn::tensor::DType::F32;
-    if fused {
-        if let (Ok(px), Ok(pg), Ok(pb)) = (
-            x.clone().try_into_primitive::<Ad>(),
-            gamma.clone().try_into_primitive::<Ad>(),
-            beta.clone().try_into_primitive::<Ad>(),
-        ) {
+    match (
+        flex_op::place(&x),
+        flex_op::place(&gamma),
+        flex_op::place(&beta),
+    ) {
+        (Some(Place::Autodiff(px)), Some(Place::Autodiff(pg)), Some(Place::Autodiff(pb))) => {
             return Tensor::from_primitive::<Ad>(on_autodiff(px, pg, pb, eps, slope));
         }
-        if let (Ok(px), Ok(pg), Ok(pb)) = (
-            x.clone().try_into_primitive::<Flex>(),
-            gamma.clone().try_into_primitive::<Flex>(),
-            beta.clone().try_into_primitive::<Flex>(),
-        ) {
-            let xv = px.to_contiguous();
-            let shape = xv.layout().shape().to_vec();
+        (Some(Place::Plain(px)), Some(Place::Plain(pg)), Some(Place::Plain(pb))) => {
+            let xv = flex_op::contiguous(&px);
+            let shape = flex_op::shape_of(&xv);
             let (_, n) = rows_of(&shape);
             let (y, _) = forward_rows(
-                xv.as_slice::<f32>().expect("contiguous"),
+                flex_op::values(&xv),
                 n,
                 &values_of(&pg),
                 &values_of(&pb),
                 eps,
                 slope,
             );
-            return Tensor::from_primitive::<Flex>(flex_from(y, shape));
+            return Tensor::from_primitive::<Flex>(flex_op::from_values(y, shape));
         }
+        _ => {}
     }
     norm_act_reference(x, gamma, beta, eps, slope)
 }

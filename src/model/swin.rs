@@ -6,13 +6,14 @@ use burn::module::Param;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
 
 use super::config::ModelConfig;
 use super::layers::{
     channels_first, channels_last, pad_to_windows, window_and_shift, window_partition,
     window_reverse,
 };
+use super::softmax::softmax_last;
 
 /// Relative-position index of every token pair of a `ws` window into a bias table
 /// built for windows of edge `w` ((2w−1)³ rows). Exact for windows shrunk below `w`.
@@ -135,7 +136,7 @@ impl WindowAttention {
             att = (att.reshape([bw / nw, nw, h, n, n]) + mask.unsqueeze_dims::<5>(&[0, 2]))
                 .reshape([bw, h, n, n]);
         }
-        let out = softmax(att, 3)
+        let out = softmax_last(att)
             .matmul(v)
             .swap_dims(1, 2)
             .reshape([bw, n, c]);
