@@ -4,7 +4,6 @@ use std::time::Instant;
 
 use burn::nn::PaddingConfig3d;
 use burn::nn::conv::Conv3dConfig;
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Distribution, Tensor};
 
 use crate::device::{Backend, describe, device};
@@ -60,7 +59,7 @@ fn sync(d: &Device) {
 }
 
 /// One windowed multi-head self-attention step with a relative-position bias:
-/// x [nW, N, C] → qkv → softmax(QKᵀ/√d + bias)·V → projection.
+/// x [nW, N, C] → qkv → softmax(QKᵀ/√d + bias)·V → projection (the softmax as the model runs it).
 fn window_attention(
     x: Tensor<3>,
     w_qkv: &Tensor<2>,
@@ -79,7 +78,7 @@ fn window_attention(
         .matmul(k.swap_dims(2, 3))
         .mul_scalar(1.0 / (d as f64).sqrt())
         + bias.clone();
-    let out = softmax(att, 3).matmul(v); // [nW, h, N, d]
+    let out = crate::model::softmax::softmax_last(att).matmul(v); // [nW, h, N, d]
     out.swap_dims(1, 2)
         .reshape([nw, n, c])
         .matmul(w_proj.clone().unsqueeze::<3>())
