@@ -19,7 +19,6 @@
 use std::sync::Arc;
 
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
@@ -288,7 +287,7 @@ pub fn norm_act_reference(
     let xh = centred / (var + eps).sqrt();
     let z = xh * gamma.reshape([1, c, 1]) + beta.reshape([1, c, 1]);
     let y = match slope {
-        Some(s) => relu(z.clone()).mul_scalar(1.0 - s as f64) + z.mul_scalar(s as f64),
+        Some(s) => super::add_act::leaky_relu_ops(z, s),
         None => z,
     };
     y.reshape([b, c, d, h, w])
