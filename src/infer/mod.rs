@@ -3,6 +3,7 @@
 //! input's own grid.
 
 pub mod postprocess;
+pub mod probs;
 pub mod sliding;
 pub mod upsample;
 
@@ -10,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 use ndarray::{Array3, Array4, s};
 
 use self::sliding::{Accumulator, pad_volume, padding, windows};
@@ -160,7 +160,16 @@ impl Predictor {
             2 => t.flip([axes[0], axes[1]]),
             _ => t.flip([axes[0], axes[1], axes[2]]),
         };
-        let mut acc: Option<(Tensor<5>, Tensor<5>)> = None;
+        // flips act on space only, so the flip back commutes with the class softmax
+        let probs = |t: Tensor<5>, axes: &[usize]| {
+            let mut v = flip(t, axes)
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32 logits");
+            probs::softmax_classes(&mut v, NUM_CLASSES, p * p * p);
+            v
+        };
+        let mut acc: Option<(Vec<f32>, Vec<f32>)> = None;
         for axes in &flips {
             // a window paired with itself has the identity as its relative pose
             let mut mode = if self_paired {
@@ -173,22 +182,22 @@ impl Predictor {
                 flip(mk(mr), axes),
                 &mut mode,
             );
-            let a = flip(softmax(out.logits_ct, 1), axes);
-            let b = flip(softmax(out.logits_mr, 1), axes);
+            let (a, b) = (probs(out.logits_ct, axes), probs(out.logits_mr, axes));
             acc = Some(match acc {
                 None => (a, b),
-                Some((x, y)) => (x + a, y + b),
+                Some((mut x, mut y)) => {
+                    x.iter_mut().zip(&a).for_each(|(s, v)| *s += v);
+                    y.iter_mut().zip(&b).for_each(|(s, v)| *s += v);
+                    (x, y)
+                }
             });
         }
-        let (a, b) = acc.expect("at least one pass");
-        let k = flips.len() as f64;
-        let v = |t: Tensor<5>| {
-            t.div_scalar(k)
-                .into_data()
-                .iter::<f32>()
-                .collect::<Vec<f32>>()
-        };
-        (v(a), v(b))
+        let (mut a, mut b) = acc.expect("at least one pass");
+        if flips.len() > 1 {
+            let r = 1.0 / flips.len() as f32;
+            a.iter_mut().chain(b.iter_mut()).for_each(|v| *v *= r);
+        }
+        (a, b)
     }
 
     /// Tile `primary` with its own windows; pair each with the window of `other` at

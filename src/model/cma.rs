@@ -8,7 +8,7 @@ use super::layers::{
     channels_first, channels_last, pad_to_windows, window_and_shift, window_partition,
     window_reverse,
 };
-use super::softmax::softmax_last;
+use super::window_attention::window_attention;
 
 #[derive(Module, Debug)]
 pub struct Cma {
@@ -56,23 +56,13 @@ impl Cma {
         let [_, dp, hp, wp, _] = p.dims();
         let pw = window_partition(p, ws); // W(F_CT)
         let aw = window_partition(a, ws); // W(F_MRI), k groups of the primary's windows
-        let [bw, n, _] = pw.dims();
         let heads = self.heads;
         let hd = c / heads;
-        let split = |t: Tensor<3>, m: usize| t.reshape([m, n, heads, hd]).swap_dims(1, 2); // [m, h, n, d]
-        let q = split(self.q.forward(pw), bw); // eq. 1
-        let q = if k == 1 {
-            q
-        } else {
-            Tensor::cat(vec![q; k], 0)
-        };
-        let k_ = split(self.k.forward(aw.clone()), k * bw); // eq. 2
-        let v = split(self.v.forward(aw), k * bw); // eq. 3
-        let att = softmax_last(
-            q.matmul(k_.swap_dims(2, 3))
-                .mul_scalar(1.0 / (hd as f64).sqrt()),
-        ); // eq. 4
-        let o = att.matmul(v).swap_dims(1, 2).reshape([k * bw, n, c]);
+        let q = self.q.forward(pw); // eq. 1
+        let k_ = self.k.forward(aw.clone()); // eq. 2
+        let v = self.v.forward(aw); // eq. 3
+        // eq. 4, the k auxiliaries of a window attended to with its one set of queries
+        let o = window_attention(q, k_, v, heads, 1.0 / (hd as f64).sqrt(), None, None);
         let o = self.out.forward(o); // eq. 5
         let mut y = window_reverse(o, ws, k * b, [dp, hp, wp]);
         if [dp, hp, wp] != [d, h, w] {

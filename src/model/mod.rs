@@ -1,6 +1,7 @@
 //! The RL-U²Net network (METHOD.md §2) as Burn modules.
 
 pub mod add_act;
+pub mod attn_kernel;
 pub mod cma;
 pub mod config;
 pub mod decoder;
@@ -10,8 +11,8 @@ pub mod layers;
 pub mod norm_act;
 pub mod pose_align;
 pub mod rlu2net;
-pub mod softmax;
 pub mod swin;
+pub mod window_attention;
 pub mod xalign;
 
 pub use config::{EncoderWeights, ModelConfig, PoseAlignTarget, Preset, RotationWeights};

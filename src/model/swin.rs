@@ -13,7 +13,7 @@ use super::layers::{
     channels_first, channels_last, pad_to_windows, window_and_shift, window_partition,
     window_reverse,
 };
-use super::softmax::softmax_last;
+use super::window_attention::window_attention;
 
 /// Relative-position index of every token pair of a `ws` window into a bias table
 /// built for windows of edge `w` ((2w−1)³ rows). Exact for windows shrunk below `w`.
@@ -107,21 +107,14 @@ impl WindowAttention {
 
     /// x: [B·nW, n, C] windows of size `ws`; mask: [nW, n, n].
     pub fn forward(&self, x: Tensor<3>, ws: [usize; 3], mask: Option<Tensor<3>>) -> Tensor<3> {
-        let [bw, n, c] = x.dims();
+        let [_, n, c] = x.dims();
         let h = self.heads;
         let d = c / h;
         let device = x.device();
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([bw, n, 3, h, d])
-            .permute([2, 0, 3, 1, 4]);
-        let q = qkv.clone().narrow(0, 0, 1).reshape([bw, h, n, d]);
-        let k = qkv.clone().narrow(0, 1, 1).reshape([bw, h, n, d]);
-        let v = qkv.narrow(0, 2, 1).reshape([bw, h, n, d]);
-        let mut att = q
-            .mul_scalar(1.0 / (d as f64).sqrt())
-            .matmul(k.swap_dims(2, 3));
+        let qkv = self.qkv.forward(x); // [B·nW, n, 3C]: q, k, v, head h at h·d
+        let q = qkv.clone().narrow(2, 0, c);
+        let k = qkv.clone().narrow(2, c, c);
+        let v = qkv.narrow(2, 2 * c, c);
         let index = relative_position_index(ws, self.window);
         let index = Tensor::<1, Int>::from_data(TensorData::new(index, [n * n]), &device);
         let bias = self
@@ -130,16 +123,7 @@ impl WindowAttention {
             .select(0, index)
             .reshape([n, n, h])
             .permute([2, 0, 1]);
-        att = att + bias.unsqueeze::<4>();
-        if let Some(mask) = mask {
-            let nw = mask.dims()[0];
-            att = (att.reshape([bw / nw, nw, h, n, n]) + mask.unsqueeze_dims::<5>(&[0, 2]))
-                .reshape([bw, h, n, n]);
-        }
-        let out = softmax_last(att)
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([bw, n, c]);
+        let out = window_attention(q, k, v, h, 1.0 / (d as f64).sqrt(), Some(bias), mask);
         self.proj.forward(out)
     }
 }

@@ -213,7 +213,8 @@ fn exp_f32(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
     let xc = x.clamp(-87.336_55, 88.722_83);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let shifted = xc * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4_f32;
     let p = p * r + 1.398_199_9e-3;
@@ -223,7 +224,9 @@ fn exp_f32(x: f32) -> f32 {
     let p = p * r + 0.5;
     let er = p * r * r + r + 1.0;
     // 2ⁿ: n in [−126, 128]; n = 128 (x near 88.72) is split as 2·2¹²⁷
-    let ni = n as i32;
+    // n as an integer from the bits of n + 1.5·2²³ (exact for |n| < 2²²): integer
+    // arithmetic the compiler vectorises, where `n as i32` (saturating) goes lane by lane
+    let ni = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let half = ni >> 1;
     let s1 = f32::from_bits(((half + 127) as u32) << 23);
     let s2 = f32::from_bits(((ni - half + 127) as u32) << 23);

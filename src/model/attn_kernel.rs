@@ -1,0 +1,498 @@
+//! The arithmetic of windowed multi-head attention on flat f32 slices: the forward
+//! pass and the closed-form backward pass, one (window, head) at a time so that its
+//! queries, keys, values and the 64 × 64 weights of a 4³ window stay in the L1 cache.
+//!
+//! ```text
+//! S = scale·Q Kᵀ + B_h + M_w,   P = softmax_row(S),   O = P V
+//! dV = Pᵀ dO,  dP = dO Vᵀ,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),
+//! dQ = scale·dS K,  dK = scale·dSᵀ Q,  dB_h = Σ_windows dS
+//! ```
+//!
+//! P is recomputed in the backward pass instead of kept (it is `n/d` times larger than
+//! Q, K and V together). No Burn here: `window_attention` wraps these for tensors.
+
+use rayon::prelude::*;
+
+/// The layout of one call. Queries are `[bq, n, C]`; keys, values and the output are
+/// `[bq·reps, n, C]`, window `i` attending with query window `i mod bq`; C = heads·d,
+/// head `h` in channels `h·d .. (h+1)·d`. The bias is `[heads, n, n]`, the mask
+/// `[mask_windows, n, n]`, window `i` taking mask `i mod mask_windows`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub bq: usize,
+    pub reps: usize,
+    pub n: usize,
+    pub heads: usize,
+    pub d: usize,
+    pub mask_windows: usize,
+}
+
+impl AttnShape {
+    pub fn c(&self) -> usize {
+        self.heads * self.d
+    }
+    /// Elements of one window's rows (`n·C`).
+    fn window(&self) -> usize {
+        self.n * self.c()
+    }
+}
+
+/// The inputs of one call (flat, contiguous, in [`AttnShape`]'s layout).
+#[derive(Clone, Copy)]
+pub struct AttnInputs<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub mask: Option<&'a [f32]>,
+    pub scale: f32,
+}
+
+/// Gradients of the inputs (dbias when asked for).
+pub struct AttnGrads {
+    pub dq: Vec<f32>,
+    pub dk: Vec<f32>,
+    pub dv: Vec<f32>,
+    pub dbias: Option<Vec<f32>>,
+}
+
+/// Query windows per parallel work item. Fixed (not derived from the thread count), so
+/// the bias gradient is summed in the same order however the work was scheduled.
+const GROUP: usize = 8;
+const LANES: usize = 16;
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (yv, &xv) in y.iter_mut().zip(x) {
+        *yv += a * xv;
+    }
+}
+
+#[inline(always)]
+fn max_of(s: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let c = s.chunks_exact(LANES);
+    let mut m = c
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    for x in c {
+        for l in 0..LANES {
+            acc[l] = if x[l] > acc[l] { x[l] } else { acc[l] };
+        }
+    }
+    for a in acc {
+        m = if a > m { a } else { m };
+    }
+    m
+}
+
+/// Softmax of one row in place.
+#[inline(always)]
+fn softmax_row(s: &mut [f32]) {
+    let m = max_of(s);
+    for v in s.iter_mut() {
+        *v -= m;
+    }
+    burn_dispatch::backends::flex::ops::unary::exp_f32_in_place(s);
+    let mut acc = [0.0f32; LANES];
+    let c = s.chunks_exact(LANES);
+    let tail: f32 = c.remainder().iter().sum();
+    for x in c {
+        for l in 0..LANES {
+            acc[l] += x[l];
+        }
+    }
+    let inv = 1.0 / (acc.iter().sum::<f32>() + tail);
+    for v in s.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Per-thread buffers for one (window, head): Kᵀ and Vᵀ (d × n), a row of weights and
+/// of dP, and the window's dKᵀ, dVᵀ.
+struct Scratch {
+    kt: Vec<f32>,
+    vt: Vec<f32>,
+    p: Vec<f32>,
+    dp: Vec<f32>,
+    dkt: Vec<f32>,
+    dvt: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(sh: &AttnShape) -> Scratch {
+        let dn = sh.d * sh.n;
+        Scratch {
+            kt: vec![0.0; dn],
+            vt: vec![0.0; dn],
+            p: vec![0.0; sh.n],
+            dp: vec![0.0; sh.n],
+            dkt: vec![0.0; dn],
+            dvt: vec![0.0; dn],
+        }
+    }
+}
+
+/// `dst[t·n + j] = src[j·c + off + t]`: head columns of a window, transposed.
+#[inline(always)]
+fn gather_t(src: &[f32], c: usize, off: usize, d: usize, n: usize, dst: &mut [f32]) {
+    for j in 0..n {
+        let row = &src[j * c + off..j * c + off + d];
+        for (t, &x) in row.iter().enumerate() {
+            dst[t * n + j] = x;
+        }
+    }
+}
+
+/// `dst[j·c + off + t] = src[t·n + j]`: the inverse of [`gather_t`].
+#[inline(always)]
+fn scatter_t(src: &[f32], c: usize, off: usize, d: usize, n: usize, dst: &mut [f32]) {
+    for j in 0..n {
+        let row = &mut dst[j * c + off..j * c + off + d];
+        for (t, x) in row.iter_mut().enumerate() {
+            *x = src[t * n + j];
+        }
+    }
+}
+
+/// One row of attention weights into `p`: softmax(scale·q·Kᵀ + bias row + mask row).
+#[inline(always)]
+fn weights_row(
+    qrow: &[f32],
+    kt: &[f32],
+    n: usize,
+    scale: f32,
+    bias_row: Option<&[f32]>,
+    mask_row: Option<&[f32]>,
+    p: &mut [f32],
+) {
+    match bias_row {
+        Some(b) => p.copy_from_slice(b),
+        None => p.fill(0.0),
+    }
+    if let Some(m) = mask_row {
+        for (x, &y) in p.iter_mut().zip(m) {
+            *x += y;
+        }
+    }
+    for (t, &qv) in qrow.iter().enumerate() {
+        axpy(p, scale * qv, &kt[t * n..(t + 1) * n]);
+    }
+    softmax_row(p);
+}
+
+/// Where window `i` and head `h` read their bias and mask rows.
+#[inline(always)]
+fn rows_of<'a>(
+    x: &AttnInputs<'a>,
+    sh: &AttnShape,
+    i: usize,
+    h: usize,
+) -> (Option<&'a [f32]>, Option<&'a [f32]>) {
+    let nn = sh.n * sh.n;
+    (
+        x.bias.map(|b| &b[h * nn..(h + 1) * nn]),
+        x.mask.map(|m| {
+            let w = i % sh.mask_windows;
+            &m[w * nn..(w + 1) * nn]
+        }),
+    )
+}
+
+/// Forward of window `i`, head `h`, into the window's output rows `out` (n × C).
+#[inline(always)]
+fn forward_head(
+    x: &AttnInputs,
+    sh: &AttnShape,
+    i: usize,
+    h: usize,
+    out: &mut [f32],
+    s: &mut Scratch,
+) {
+    let (n, c, d, ws) = (sh.n, sh.c(), sh.d, sh.window());
+    let iq = i % sh.bq;
+    let qw = &x.q[iq * ws..(iq + 1) * ws];
+    gather_t(&x.k[i * ws..(i + 1) * ws], c, h * d, d, n, &mut s.kt);
+    gather_t(&x.v[i * ws..(i + 1) * ws], c, h * d, d, n, &mut s.vt);
+    let (bias, mask) = rows_of(x, sh, i, h);
+    for r in 0..n {
+        let qrow = &qw[r * c + h * d..r * c + h * d + d];
+        weights_row(
+            qrow,
+            &s.kt,
+            n,
+            x.scale,
+            bias.map(|b| &b[r * n..(r + 1) * n]),
+            mask.map(|m| &m[r * n..(r + 1) * n]),
+            &mut s.p,
+        );
+        let orow = &mut out[r * c + h * d..r * c + h * d + d];
+        for (t, o) in orow.iter_mut().enumerate() {
+            *o = dot(&s.p, &s.vt[t * n..(t + 1) * n]);
+        }
+    }
+}
+
+/// Backward of window `i`, head `h`: adds into the query window's `dq` rows and into
+/// `dbias` (`[n, n]` of head h), and writes the window's `dk`, `dv` head columns.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn backward_head(
+    x: &AttnInputs,
+    go: &[f32],
+    sh: &AttnShape,
+    i: usize,
+    h: usize,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    mut dbias: Option<&mut [f32]>,
+    s: &mut Scratch,
+) {
+    let (n, c, d, ws) = (sh.n, sh.c(), sh.d, sh.window());
+    let iq = i % sh.bq;
+    let qw = &x.q[iq * ws..(iq + 1) * ws];
+    let gw = &go[i * ws..(i + 1) * ws];
+    gather_t(&x.k[i * ws..(i + 1) * ws], c, h * d, d, n, &mut s.kt);
+    gather_t(&x.v[i * ws..(i + 1) * ws], c, h * d, d, n, &mut s.vt);
+    s.dkt.fill(0.0);
+    s.dvt.fill(0.0);
+    let (bias, mask) = rows_of(x, sh, i, h);
+    for r in 0..n {
+        let lo = r * c + h * d;
+        let qrow = &qw[lo..lo + d];
+        let grow = &gw[lo..lo + d];
+        weights_row(
+            qrow,
+            &s.kt,
+            n,
+            x.scale,
+            bias.map(|b| &b[r * n..(r + 1) * n]),
+            mask.map(|m| &m[r * n..(r + 1) * n]),
+            &mut s.p,
+        );
+        // dP row = dO row · Vᵀ
+        s.dp.fill(0.0);
+        for (t, &g) in grow.iter().enumerate() {
+            axpy(&mut s.dp, g, &s.vt[t * n..(t + 1) * n]);
+        }
+        let centre = dot(&s.p, &s.dp);
+        // dS row, kept in dp
+        for (dpj, &pj) in s.dp.iter_mut().zip(&s.p) {
+            *dpj = pj * (*dpj - centre);
+        }
+        if let Some(db) = dbias.as_deref_mut() {
+            for (b, &g) in db[r * n..(r + 1) * n].iter_mut().zip(&s.dp) {
+                *b += g;
+            }
+        }
+        for (t, dqv) in dq[lo..lo + d].iter_mut().enumerate() {
+            *dqv += x.scale * dot(&s.dp, &s.kt[t * n..(t + 1) * n]);
+        }
+        for t in 0..d {
+            axpy(&mut s.dkt[t * n..(t + 1) * n], x.scale * qrow[t], &s.dp);
+            axpy(&mut s.dvt[t * n..(t + 1) * n], grow[t], &s.p);
+        }
+    }
+    scatter_t(&s.dkt, c, h * d, d, n, dk);
+    scatter_t(&s.dvt, c, h * d, d, n, dv);
+}
+
+/// A raw pointer that workers write disjoint windows of.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Window `i` (`len` elements each).
+    ///
+    /// # Safety
+    /// No two live slices may cover the same window.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn window(&self, i: usize, len: usize) -> &mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(i * len), len) }
+    }
+}
+
+/// Forward pass of the query windows in `group`.
+#[inline(always)]
+fn forward_group(x: &AttnInputs, sh: &AttnShape, group: std::ops::Range<usize>, out: OutPtr) {
+    let mut s = Scratch::new(sh);
+    for iq in group {
+        for rep in 0..sh.reps {
+            let i = rep * sh.bq + iq;
+            // SAFETY: window i belongs to query window iq, which only this group visits
+            let ow = unsafe { out.window(i, sh.window()) };
+            for h in 0..sh.heads {
+                forward_head(x, sh, i, h, ow, &mut s);
+            }
+        }
+    }
+}
+
+/// Backward pass of the query windows in `group`; returns the group's bias gradient.
+#[inline(always)]
+fn backward_group(
+    x: &AttnInputs,
+    go: &[f32],
+    sh: &AttnShape,
+    group: std::ops::Range<usize>,
+    ptrs: [OutPtr; 3],
+    want_bias: bool,
+) -> Vec<f32> {
+    let nn = sh.n * sh.n;
+    let mut dbias = vec![0.0f32; if want_bias { sh.heads * nn } else { 0 }];
+    let mut s = Scratch::new(sh);
+    let ws = sh.window();
+    for iq in group {
+        // SAFETY: windows iq (dq) and rep·bq + iq (dk, dv) are only visited here
+        let dq = unsafe { ptrs[0].window(iq, ws) };
+        for rep in 0..sh.reps {
+            let i = rep * sh.bq + iq;
+            let (dk, dv) = unsafe { (ptrs[1].window(i, ws), ptrs[2].window(i, ws)) };
+            for h in 0..sh.heads {
+                let db = want_bias.then(|| &mut dbias[h * nn..(h + 1) * nn]);
+                backward_head(x, go, sh, i, h, dq, dk, dv, db, &mut s);
+            }
+        }
+    }
+    dbias
+}
+
+/// The widest vector instructions this CPU has (checked once).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Base,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+fn isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+                return Isa::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Base
+    })
+}
+
+/// `$name(args)` runs `$body` compiled for the widest instruction set available.
+macro_rules! multiversioned {
+    ($name:ident, ($($arg:ident : $ty:ty),*) -> $ret:ty, $body:ident) => {
+        fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                fn v4($($arg: $ty),*) -> $ret {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn v3($($arg: $ty),*) -> $ret {
+                    $body($($arg),*)
+                }
+                match isa() {
+                    // SAFETY: the CPU has these features (checked by `isa`)
+                    Isa::Avx512 => return unsafe { v4($($arg),*) },
+                    Isa::Avx2 => return unsafe { v3($($arg),*) },
+                    Isa::Base => {}
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+multiversioned!(forward_group_mv, (x: &AttnInputs, sh: &AttnShape, group: std::ops::Range<usize>, out: OutPtr) -> (), forward_group);
+multiversioned!(backward_group_mv, (x: &AttnInputs, go: &[f32], sh: &AttnShape, group: std::ops::Range<usize>, ptrs: [OutPtr; 3], want_bias: bool) -> Vec<f32>, backward_group);
+
+fn groups(bq: usize) -> Vec<std::ops::Range<usize>> {
+    (0..bq.div_ceil(GROUP))
+        .map(|g| g * GROUP..((g + 1) * GROUP).min(bq))
+        .collect()
+}
+
+fn check(x: &AttnInputs, sh: &AttnShape) {
+    let ws = sh.window();
+    assert_eq!(x.q.len(), sh.bq * ws, "queries: [bq, n, C]");
+    assert_eq!(x.k.len(), sh.bq * sh.reps * ws, "keys: [bq·reps, n, C]");
+    assert_eq!(x.v.len(), x.k.len(), "values: the keys' shape");
+    if let Some(b) = x.bias {
+        assert_eq!(b.len(), sh.heads * sh.n * sh.n, "bias: [heads, n, n]");
+    }
+    if let Some(m) = x.mask {
+        assert!(sh.mask_windows > 0, "a mask needs its window count");
+        assert_eq!(
+            m.len(),
+            sh.mask_windows * sh.n * sh.n,
+            "mask: [windows, n, n]"
+        );
+    }
+}
+
+/// O = softmax(scale·Q Kᵀ + B + M) V per window and head: `[bq·reps, n, C]`.
+pub fn forward(x: &AttnInputs, sh: &AttnShape) -> Vec<f32> {
+    check(x, sh);
+    let mut out = vec![0.0f32; sh.bq * sh.reps * sh.window()];
+    let ptr = OutPtr(out.as_mut_ptr());
+    groups(sh.bq)
+        .into_par_iter()
+        .for_each(|g| forward_group_mv(x, sh, g, ptr));
+    out
+}
+
+/// Gradients of Σ go ⊙ O with respect to Q, K, V (and the bias when `want_bias`).
+pub fn backward(x: &AttnInputs, go: &[f32], sh: &AttnShape, want_bias: bool) -> AttnGrads {
+    check(x, sh);
+    assert_eq!(go.len(), x.k.len(), "output gradient: [bq·reps, n, C]");
+    let mut dq = vec![0.0f32; x.q.len()];
+    let mut dk = vec![0.0f32; x.k.len()];
+    let mut dv = vec![0.0f32; x.v.len()];
+    let ptrs = [
+        OutPtr(dq.as_mut_ptr()),
+        OutPtr(dk.as_mut_ptr()),
+        OutPtr(dv.as_mut_ptr()),
+    ];
+    let parts: Vec<Vec<f32>> = groups(sh.bq)
+        .into_par_iter()
+        .map(|g| backward_group_mv(x, go, sh, g, ptrs, want_bias))
+        .collect();
+    // the groups' bias gradients summed in group order: the same result however
+    // the groups were scheduled
+    let dbias = want_bias.then(|| {
+        let mut total = vec![0.0f32; sh.heads * sh.n * sh.n];
+        for p in &parts {
+            total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+        }
+        total
+    });
+    AttnGrads { dq, dk, dv, dbias }
+}
