@@ -128,7 +128,8 @@ fn softmax_row(s: &mut [f32]) {
 }
 
 /// Per-thread buffers for one (window, head): Kᵀ and Vᵀ (d × n), a row of weights and
-/// of dP, and the window's dKᵀ, dVᵀ.
+/// of dP, and the window's dKᵀ, dVᵀ (backward); Qᵀ and Oᵀ (d × n), the transposed
+/// weights Pᵀ (n × n) and the per-query maximum and 1/sum (forward).
 struct Scratch {
     kt: Vec<f32>,
     vt: Vec<f32>,
@@ -136,6 +137,11 @@ struct Scratch {
     dp: Vec<f32>,
     dkt: Vec<f32>,
     dvt: Vec<f32>,
+    qt: Vec<f32>,
+    ot: Vec<f32>,
+    pt: Vec<f32>,
+    max: Vec<f32>,
+    inv: Vec<f32>,
 }
 
 impl Scratch {
@@ -148,6 +154,11 @@ impl Scratch {
             dp: vec![0.0; sh.n],
             dkt: vec![0.0; dn],
             dvt: vec![0.0; dn],
+            qt: vec![0.0; dn],
+            ot: vec![0.0; dn],
+            pt: vec![0.0; sh.n * sh.n],
+            max: vec![0.0; sh.n],
+            inv: vec![0.0; sh.n],
         }
     }
 }
@@ -218,36 +229,65 @@ fn rows_of<'a>(
     )
 }
 
-/// Forward of window `i`, head `h`, into the window's output rows `out` (n × C).
+/// Forward of window `i`, head `h`, into the window's output rows `out` (n × C), with
+/// the bias and mask given transposed (`[.., key, query]`). The weights are formed
+/// transposed, Pᵀ[j][r], so every loop runs along the queries r: the softmax's maximum
+/// and sum are element-wise across rows, and O = P V is a sum of rows of Pᵀ scaled by
+/// V[j][t], all without horizontal reductions.
 #[inline(always)]
-fn forward_head(
-    x: &AttnInputs,
-    sh: &AttnShape,
-    i: usize,
-    h: usize,
-    out: &mut [f32],
-    s: &mut Scratch,
-) {
+fn forward_head(x: &AttnInputs, sh: &AttnShape, i: usize, h: usize, out: &mut [f32], s: &mut Scratch) {
     let (n, c, d, ws) = (sh.n, sh.c(), sh.d, sh.window());
     let iq = i % sh.bq;
-    let qw = &x.q[iq * ws..(iq + 1) * ws];
-    gather_t(&x.k[i * ws..(i + 1) * ws], c, h * d, d, n, &mut s.kt);
-    gather_t(&x.v[i * ws..(i + 1) * ws], c, h * d, d, n, &mut s.vt);
-    let (bias, mask) = rows_of(x, sh, i, h);
-    for r in 0..n {
-        let qrow = &qw[r * c + h * d..r * c + h * d + d];
-        weights_row(
-            qrow,
-            &s.kt,
-            n,
-            x.scale,
-            bias.map(|b| &b[r * n..(r + 1) * n]),
-            mask.map(|m| &m[r * n..(r + 1) * n]),
-            &mut s.p,
-        );
+    gather_t(&x.q[iq * ws..(iq + 1) * ws], c, h * d, d, n, &mut s.qt);
+    let kw = &x.k[i * ws..(i + 1) * ws];
+    let vw = &x.v[i * ws..(i + 1) * ws];
+    let (bias_t, mask_t) = rows_of(x, sh, i, h);
+    s.max.fill(f32::NEG_INFINITY);
+    for j in 0..n {
+        let row = &mut s.pt[j * n..(j + 1) * n];
+        match bias_t {
+            Some(b) => row.copy_from_slice(&b[j * n..(j + 1) * n]),
+            None => row.fill(0.0),
+        }
+        if let Some(m) = mask_t {
+            for (x, &y) in row.iter_mut().zip(&m[j * n..(j + 1) * n]) {
+                *x += y;
+            }
+        }
+        let krow = &kw[j * c + h * d..j * c + h * d + d];
+        for (t, &kv) in krow.iter().enumerate() {
+            axpy(row, x.scale * kv, &s.qt[t * n..(t + 1) * n]);
+        }
+        for (m, &v) in s.max.iter_mut().zip(row.iter()) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    s.inv.fill(0.0);
+    for j in 0..n {
+        let row = &mut s.pt[j * n..(j + 1) * n];
+        for (v, &m) in row.iter_mut().zip(&s.max) {
+            *v -= m;
+        }
+        burn_dispatch::backends::flex::ops::unary::exp_f32_in_place(row);
+        for (z, &v) in s.inv.iter_mut().zip(row.iter()) {
+            *z += v;
+        }
+    }
+    for z in s.inv.iter_mut() {
+        *z = 1.0 / *z;
+    }
+    s.ot.fill(0.0);
+    for j in 0..n {
+        let vrow = &vw[j * c + h * d..j * c + h * d + d];
+        let prow = &s.pt[j * n..(j + 1) * n];
+        for (t, &vv) in vrow.iter().enumerate() {
+            axpy(&mut s.ot[t * n..(t + 1) * n], vv, prow);
+        }
+    }
+    for (r, &z) in s.inv.iter().enumerate() {
         let orow = &mut out[r * c + h * d..r * c + h * d + d];
         for (t, o) in orow.iter_mut().enumerate() {
-            *o = dot(&s.p, &s.vt[t * n..(t + 1) * n]);
+            *o = s.ot[t * n + r] * z;
         }
     }
 }
@@ -461,11 +501,33 @@ fn check(x: &AttnInputs, sh: &AttnShape) {
 /// O = softmax(scale·Q Kᵀ + B + M) V per window and head: `[bq·reps, n, C]`.
 pub fn forward(x: &AttnInputs, sh: &AttnShape) -> Vec<f32> {
     check(x, sh);
+    let bias_t = x.bias.map(|b| transpose_blocks(b, sh.n));
+    let mask_t = x.mask.map(|m| transpose_blocks(m, sh.n));
+    let xt = AttnInputs {
+        bias: bias_t.as_deref(),
+        mask: mask_t.as_deref(),
+        ..*x
+    };
     let mut out = vec![0.0f32; sh.bq * sh.reps * sh.window()];
     let ptr = OutPtr(out.as_mut_ptr());
     groups(sh.bq)
         .into_par_iter()
-        .for_each(|g| forward_group_mv(x, sh, g, ptr));
+        .for_each(|g| forward_group_mv(&xt, sh, g, ptr));
+    out
+}
+
+/// Each `n × n` block of `x` transposed.
+fn transpose_blocks(x: &[f32], n: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    out.par_chunks_mut(n * n)
+        .zip(x.par_chunks(n * n))
+        .for_each(|(o, b)| {
+            for r in 0..n {
+                for j in 0..n {
+                    o[j * n + r] = b[r * n + j];
+                }
+            }
+        });
     out
 }
 
