@@ -150,6 +150,20 @@ fn stride_one_gradients_match_the_direct_reference() {
         stride: 1,
         pad: 0,
     });
+    // a kernel of three different sides, and padding k − 1 (the input gradient then
+    // runs with none)
+    check(&Case {
+        x: [1, 3, 4, 5, 6],
+        w: [2, 3, 3, 2, 3],
+        stride: 1,
+        pad: 1,
+    });
+    check(&Case {
+        x: [1, 2, 4, 4, 5],
+        w: [3, 2, 3, 3, 3],
+        stride: 1,
+        pad: 2,
+    });
     // several column tiles per item (about 4 800 positions each for K = 54), two
     // items: tiles run in parallel and their weight-gradient parts are summed
     check(&Case {

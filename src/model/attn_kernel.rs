@@ -235,7 +235,14 @@ fn rows_of<'a>(
 /// and sum are element-wise across rows, and O = P V is a sum of rows of Pᵀ scaled by
 /// V[j][t], all without horizontal reductions.
 #[inline(always)]
-fn forward_head(x: &AttnInputs, sh: &AttnShape, i: usize, h: usize, out: &mut [f32], s: &mut Scratch) {
+fn forward_head(
+    x: &AttnInputs,
+    sh: &AttnShape,
+    i: usize,
+    h: usize,
+    out: &mut [f32],
+    s: &mut Scratch,
+) {
     let (n, c, d, ws) = (sh.n, sh.c(), sh.d, sh.window());
     let iq = i % sh.bq;
     gather_t(&x.q[iq * ws..(iq + 1) * ws], c, h * d, d, n, &mut s.qt);
