@@ -8,8 +8,10 @@
 //! dQ = scale·dS K,  dK = scale·dSᵀ Q,  dB_h = Σ_windows dS
 //! ```
 //!
-//! P is recomputed in the backward pass instead of kept (it is `n/d` times larger than
-//! Q, K and V together). No Burn here: `window_attention` wraps these for tensors.
+//! The forward pass forms the weights transposed (Pᵀ, keys by queries) so that its loops
+//! run along the queries; the backward pass works row by row. P is recomputed in the
+//! backward pass instead of kept (it is `n/d` times larger than Q, K and V together).
+//! No Burn here: `window_attention` wraps these for tensors.
 
 use rayon::prelude::*;
 
