@@ -119,10 +119,7 @@ pub fn add_lrelu<const D: usize>(a: Tensor<D>, b: Tensor<D>, slope: f32) -> Tens
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-    }
+    use crate::model::test_util::vals;
 
     /// (output, da, db) of Σ w·f(a, b), a ± b spread over both signs.
     fn run(f: fn(Tensor<2>, Tensor<2>, f32) -> Tensor<2>, autodiff: bool) -> [Vec<f32>; 3] {

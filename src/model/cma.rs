@@ -75,6 +75,7 @@ impl Cma {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_util::vals;
     use burn::tensor::Distribution;
 
     #[test]
@@ -96,10 +97,6 @@ mod tests {
                 .fold(0.0f32, f32::max);
             assert!(err < 1e-5, "map {i}: max difference {err}");
         }
-    }
-
-    fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().try_to_vec::<f32>().unwrap()
     }
 
     /// Plain loops: for each window, layer-normalise the tokens, project, and run

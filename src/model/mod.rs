@@ -12,6 +12,8 @@ pub mod norm_act;
 pub mod pose_align;
 pub mod rlu2net;
 pub mod swin;
+#[cfg(test)]
+mod test_util;
 pub mod window_attention;
 pub mod xalign;
 

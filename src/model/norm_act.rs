@@ -333,19 +333,8 @@ pub fn instance_norm_act(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_util::{max_diff, vals};
     use burn::tensor::Distribution;
-
-    fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-    }
-
-    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
-    }
 
     fn inputs(dev: &Device) -> (Tensor<5>, Tensor<1>, Tensor<1>) {
         (

@@ -201,14 +201,11 @@ mod tests {
     use crate::geometry::{cube_rotations, rotation_inverse_table};
     use crate::model::config::{PoseAlignTarget, Preset};
     use crate::model::layers::{conv3, rotate_spatial};
+    use crate::model::test_util::vals;
     use burn::module::{ModuleVisitor, Param};
     use burn::tensor::{Distribution, Gradients};
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
-
-    fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().try_to_vec::<f32>().unwrap()
-    }
 
     fn pair(p: usize, dev: &Device) -> (Tensor<5>, Tensor<5>) {
         (
