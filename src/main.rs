@@ -24,9 +24,9 @@ fn keep_freed_memory() {}
 const HUGE_PAGE_TUNABLE: &str = "glibc.malloc.hugetlb=1";
 
 /// Run with the heap on transparent huge pages: each fresh 4 KiB page of a tensor costs
-/// a page fault and its zeroing, about 250 000 of them in three forward and backward
-/// passes of the `cpu` network; on 2 MiB pages a few thousand, and the forward pass is
-/// about 10 % faster (BENCHMARKS.md, "Speed"). glibc reads its tunables only at start,
+/// a page fault and its zeroing, about 250 000 of them in `bench model --preset cpu
+/// --patch 64 --runs 3`; on 2 MiB pages about 6 000, and that forward pass is about 10 %
+/// faster (BENCHMARKS.md, "Speed"). glibc reads its tunables only at start,
 /// so the process starts itself again once with `GLIBC_TUNABLES` extended; a tunable
 /// the user set is kept, and if the restart fails the run simply goes on without it.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

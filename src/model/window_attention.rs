@@ -159,6 +159,43 @@ fn plain_of(t: &Tensor<3>) -> Option<FlexTensor> {
     }
 }
 
+/// The contiguous inputs of one call and their layout.
+fn state_of(
+    [q, k, v]: [&FlexTensor; 3],
+    bias: Option<&FlexTensor>,
+    mask: Option<FlexTensor>,
+    heads: usize,
+    scale: f32,
+) -> AttnState {
+    let c = flex_op::contiguous;
+    let (q, k, v) = (c(q), c(k), c(v));
+    let shape = shape_of(
+        &flex_op::shape_of(&q),
+        &flex_op::shape_of(&k),
+        heads,
+        mask.as_ref().map(flex_op::shape_of).as_deref(),
+    );
+    AttnState {
+        q,
+        k,
+        v,
+        bias: bias.map(c),
+        mask,
+        scale,
+        shape,
+    }
+}
+
+impl AttnState {
+    /// The output `[Bq·r, n, C]`.
+    fn forward(&self) -> FlexTensor {
+        flex_op::from_values(
+            attn_kernel::forward(&self.inputs(), &self.shape),
+            flex_op::shape_of(&self.k),
+        )
+    }
+}
+
 fn on_autodiff(
     [q, k, v]: [AdTensor; 3],
     bias: Option<AdTensor>,
@@ -166,27 +203,14 @@ fn on_autodiff(
     heads: usize,
     scale: f32,
 ) -> AdTensor {
-    let c = |t: &AdTensor| flex_op::contiguous(t.primitive());
-    let (qv, kv, vv) = (c(&q), c(&k), c(&v));
-    let shape = shape_of(
-        &flex_op::shape_of(&qv),
-        &flex_op::shape_of(&kv),
-        heads,
-        mask.as_ref().map(flex_op::shape_of).as_deref(),
-    );
-    let state = AttnState {
-        q: qv,
-        k: kv.clone(),
-        v: vv,
-        bias: bias.as_ref().map(c),
+    let state = state_of(
+        [q.primitive(), k.primitive(), v.primitive()],
+        bias.as_ref().map(|b| b.primitive()),
         mask,
+        heads,
         scale,
-        shape,
-    };
-    let out = flex_op::from_values(
-        attn_kernel::forward(&state.inputs(), &shape),
-        flex_op::shape_of(&kv),
     );
+    let out = state.forward();
     match bias {
         Some(b) => match AttnBackward4
             .prepare::<NoCheckpointing>([q.node(), k.node(), v.node(), b.node()])
@@ -222,56 +246,33 @@ pub fn window_attention(
     bias: Option<Tensor<3>>,
     mask: Option<Tensor<3>>,
 ) -> Tensor<3> {
+    use Place::{Autodiff as A, Plain as P};
+    // the mask is a constant: its values are all the operation needs from it
+    let mask_plain = match mask.as_ref().map(plain_of) {
+        Some(None) => return window_attention_reference(q, k, v, heads, scale, bias, mask),
+        m => m.flatten(),
+    };
     let places = (flex_op::place(&q), flex_op::place(&k), flex_op::place(&v));
-    let bias_place = bias.as_ref().map(flex_op::place);
-    let mask_plain = mask.as_ref().map(plain_of);
-    let usable = !matches!(bias_place, Some(None)) && !matches!(mask_plain, Some(None));
-    if usable {
-        let mask_plain = mask_plain.flatten();
-        match (places, bias_place.flatten()) {
-            (
-                (Some(Place::Autodiff(pq)), Some(Place::Autodiff(pk)), Some(Place::Autodiff(pv))),
-                b @ (None | Some(Place::Autodiff(_))),
-            ) => {
-                let b = b.map(|p| match p {
-                    Place::Autodiff(t) => t,
-                    Place::Plain(_) => unreachable!("matched above"),
-                });
-                let out = on_autodiff([pq, pk, pv], b, mask_plain, heads, scale as f32);
-                return Tensor::from_primitive::<Ad>(out);
-            }
-            (
-                (Some(Place::Plain(pq)), Some(Place::Plain(pk)), Some(Place::Plain(pv))),
-                b @ (None | Some(Place::Plain(_))),
-            ) => {
-                let c = flex_op::contiguous;
-                let (qv, kv, vv) = (c(&pq), c(&pk), c(&pv));
-                let bv = b.map(|p| match p {
-                    Place::Plain(t) => c(&t),
-                    Place::Autodiff(_) => unreachable!("matched above"),
-                });
-                let out_shape = flex_op::shape_of(&kv);
-                let shape = shape_of(
-                    &flex_op::shape_of(&qv),
-                    &out_shape,
-                    heads,
-                    mask_plain.as_ref().map(flex_op::shape_of).as_deref(),
-                );
-                let inputs = AttnInputs {
-                    q: flex_op::values(&qv),
-                    k: flex_op::values(&kv),
-                    v: flex_op::values(&vv),
-                    bias: bv.as_ref().map(flex_op::values),
-                    mask: mask_plain.as_ref().map(flex_op::values),
-                    scale: scale as f32,
-                };
-                let out = attn_kernel::forward(&inputs, &shape);
-                return Tensor::from_primitive::<Flex>(flex_op::from_values(out, out_shape));
-            }
-            _ => {}
+    let scale32 = scale as f32;
+    match (places, bias.as_ref().map(flex_op::place)) {
+        ((Some(A(pq)), Some(A(pk)), Some(A(pv))), b @ (None | Some(Some(A(_))))) => {
+            let b = b.flatten().and_then(|p| match p {
+                A(t) => Some(t),
+                P(_) => None,
+            });
+            let out = on_autodiff([pq, pk, pv], b, mask_plain, heads, scale32);
+            Tensor::from_primitive::<Ad>(out)
         }
+        ((Some(P(pq)), Some(P(pk)), Some(P(pv))), b @ (None | Some(Some(P(_))))) => {
+            let b = b.flatten().and_then(|p| match p {
+                P(t) => Some(t),
+                A(_) => None,
+            });
+            let state = state_of([&pq, &pk, &pv], b.as_ref(), mask_plain, heads, scale32);
+            Tensor::from_primitive::<Flex>(state.forward())
+        }
+        _ => window_attention_reference(q, k, v, heads, scale, bias, mask),
     }
-    window_attention_reference(q, k, v, heads, scale, bias, mask)
 }
 
 #[cfg(test)]
