@@ -244,7 +244,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             .build_global()
             .map_err(|e| anyhow::anyhow!("--threads {n}: {e}"))?;
     }
-    match cli.command {
+    // The whole command runs on one of the pool's threads: a parallel loop started from
+    // outside the pool hands its work over and puts the caller to sleep until it is done
+    // (two futex wake-ups per loop, and a third thread on the cores); from inside the pool
+    // the caller works on its share and steals back. Thousands of small loops per `tiny`
+    // training step made that hand-over about a tenth of the step (BENCHMARKS.md).
+    // Nothing on the pool may wait for a thread that itself needs the pool: the data
+    // prefetcher is a plain thread without parallel loops.
+    rayon::scope(|_| dispatch(cli.command))
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Synth(a) => synth(a),
         Command::Inspect { data } => inspect(&data),
         Command::Bench(a) => bench::run(a),

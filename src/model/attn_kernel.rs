@@ -15,6 +15,8 @@
 
 use rayon::prelude::*;
 
+use super::simd::multiversioned;
+
 /// The layout of one call. Queries are `[bq, n, C]`; keys, values and the output are
 /// `[bq·reps, n, C]`, window `i` attending with query window `i mod bq`; C = heads·d,
 /// head `h` in channels `h·d .. (h+1)·d`. The bias is `[heads, n, n]`, the mask
@@ -426,58 +428,6 @@ fn backward_group(
         }
     }
     dbias
-}
-
-/// The widest vector instructions this CPU has (checked once).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Isa {
-    Base,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
-fn isa() -> Isa {
-    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-    *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
-                return Isa::Avx512;
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Base
-    })
-}
-
-/// `$name(args)` runs `$body` compiled for the widest instruction set available.
-macro_rules! multiversioned {
-    ($name:ident, ($($arg:ident : $ty:ty),*) -> $ret:ty, $body:ident) => {
-        fn $name($($arg: $ty),*) -> $ret {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                fn v4($($arg: $ty),*) -> $ret {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                fn v3($($arg: $ty),*) -> $ret {
-                    $body($($arg),*)
-                }
-                match isa() {
-                    // SAFETY: the CPU has these features (checked by `isa`)
-                    Isa::Avx512 => return unsafe { v4($($arg),*) },
-                    Isa::Avx2 => return unsafe { v3($($arg),*) },
-                    Isa::Base => {}
-                }
-            }
-            $body($($arg),*)
-        }
-    };
 }
 
 multiversioned!(forward_group_mv, (x: &AttnInputs, sh: &AttnShape, group: std::ops::Range<usize>, out: OutPtr) -> (), forward_group);

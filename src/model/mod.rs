@@ -11,6 +11,7 @@ pub mod layers;
 pub mod norm_act;
 pub mod pose_align;
 pub mod rlu2net;
+pub mod simd;
 pub mod swin;
 #[cfg(test)]
 mod test_util;

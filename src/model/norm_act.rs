@@ -28,6 +28,7 @@ use burn_dispatch::backends::flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::flex_op::{self, Ad, AdTensor, Place};
+use super::simd::multiversioned;
 
 /// The LeakyReLU slope of MONAI's `UnetResBlock`.
 pub const SLOPE: f32 = 0.01;
@@ -47,24 +48,6 @@ struct NormState {
     beta: Arc<Vec<f32>>,
     stats: Arc<Vec<RowStats>>,
     slope: Option<f32>,
-}
-
-/// act'(z): 1 above zero, the slope at and below (1 without activation).
-#[inline(always)]
-fn slope_factor(z: f32, slope: Option<f32>) -> f32 {
-    match slope {
-        Some(s) if z <= 0.0 => s,
-        _ => 1.0,
-    }
-}
-
-/// act(z) without a branch: max(z, 0) + s·min(z, 0) (s < 1).
-#[inline(always)]
-fn activate(z: f32, slope: Option<f32>) -> f32 {
-    match slope {
-        Some(s) => z.max(0.0) + s * z.min(0.0),
-        None => z,
-    }
 }
 
 const LANES: usize = 16;
@@ -90,7 +73,8 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 }
 
 /// Mean and 1/√(σ² + ε) of one row, two passes.
-fn row_stats(x: &[f32], eps: f64) -> RowStats {
+#[inline(always)]
+fn row_stats_body(x: &[f32], eps: f64) -> RowStats {
     let n = x.len() as f64;
     let mean = lane_sum(x, |v| v) / n;
     let m = mean as f32;
@@ -98,6 +82,104 @@ fn row_stats(x: &[f32], eps: f64) -> RowStats {
     RowStats {
         mean: m,
         rstd: (1.0 / (var + eps).sqrt()) as f32,
+    }
+}
+multiversioned!(row_stats, (x: &[f32], eps: f64) -> RowStats, row_stats_body);
+
+/// What one row's element-wise loops need: its statistics, its channel's γ and β, and
+/// the activation's slope below zero (1 without activation: act' = 1 everywhere).
+#[derive(Clone, Copy)]
+struct RowCoef {
+    mean: f32,
+    rstd: f32,
+    gamma: f32,
+    beta: f32,
+    slope: f32,
+}
+
+impl RowCoef {
+    /// dy·act'(z) and x̂ at one voxel, branch-free (a select the compiler vectorises).
+    #[inline(always)]
+    fn dz_xh(&self, v: f32, dy: f32) -> (f32, f32) {
+        let xh = (v - self.mean) * self.rstd;
+        let z = self.gamma * xh + self.beta;
+        (dy * if z > 0.0 { 1.0 } else { self.slope }, xh)
+    }
+}
+
+/// One row of y = act(γ·(x − μ)·r + β).
+#[inline(always)]
+fn forward_row_body(out: &mut [f32], row: &[f32], k: RowCoef, act: bool) {
+    // (x − μ) first: folding μ into a shift (x·scale + shift) cancels catastrophically
+    // when |μ| ≫ σ
+    let (scale, shift, s) = (k.gamma * k.rstd, k.beta, k.slope);
+    if act {
+        // max(z, 0) + s·min(z, 0) = LeakyReLU(z) for s < 1, without a branch
+        for (o, &v) in out.iter_mut().zip(row) {
+            let z = (v - k.mean) * scale + shift;
+            *o = z.max(0.0) + s * z.min(0.0);
+        }
+    } else {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o = (v - k.mean) * scale + shift;
+        }
+    }
+}
+multiversioned!(forward_row, (out: &mut [f32], row: &[f32], k: RowCoef, act: bool) -> (), forward_row_body);
+
+/// One row's Σ dz and Σ dz·x̂ (f32 lanes, f64 between blocks).
+#[inline(always)]
+fn backward_sums_body(row: &[f32], g: &[f32], k: RowCoef) -> (f64, f64) {
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for (xb, gb) in row.chunks(BLOCK).zip(g.chunks(BLOCK)) {
+        let mut a1 = [0.0f32; LANES];
+        let mut a2 = [0.0f32; LANES];
+        let mut xi = xb.chunks_exact(LANES);
+        let mut gi = gb.chunks_exact(LANES);
+        for (xc, gc) in (&mut xi).zip(&mut gi) {
+            for l in 0..LANES {
+                let (dz, xh) = k.dz_xh(xc[l], gc[l]);
+                a1[l] += dz;
+                a2[l] += dz * xh;
+            }
+        }
+        for (&v, &d) in xi.remainder().iter().zip(gi.remainder()) {
+            let (dz, xh) = k.dz_xh(v, d);
+            s1 += dz as f64;
+            s2 += (dz * xh) as f64;
+        }
+        s1 += a1.iter().map(|&a| a as f64).sum::<f64>();
+        s2 += a2.iter().map(|&a| a as f64).sum::<f64>();
+    }
+    (s1, s2)
+}
+multiversioned!(backward_sums, (row: &[f32], g: &[f32], k: RowCoef) -> (f64, f64), backward_sums_body);
+
+/// One row of dx = r·γ·(dz − mean(dz) − x̂·mean(dz·x̂)).
+#[inline(always)]
+fn backward_dx_body(out: &mut [f32], row: &[f32], g: &[f32], k: RowCoef, m1: f32, m2: f32) {
+    let kr = k.rstd * k.gamma;
+    for ((o, &v), &d) in out.iter_mut().zip(row).zip(g) {
+        let (dz, xh) = k.dz_xh(v, d);
+        *o = kr * (dz - m1 - xh * m2);
+    }
+}
+multiversioned!(backward_dx, (out: &mut [f32], row: &[f32], g: &[f32], k: RowCoef, m1: f32, m2: f32) -> (), backward_dx_body);
+
+impl NormState {
+    fn coef(&self, r: usize) -> RowCoef {
+        let c = r % self.gamma.len();
+        coef(self.stats[r], self.gamma[c], self.beta[c], self.slope)
+    }
+}
+
+fn coef(s: RowStats, gamma: f32, beta: f32, slope: Option<f32>) -> RowCoef {
+    RowCoef {
+        mean: s.mean,
+        rstd: s.rstd,
+        gamma,
+        beta,
+        slope: slope.unwrap_or(1.0),
     }
 }
 
@@ -118,13 +200,8 @@ fn forward_rows(
         .enumerate()
         .for_each(|(r, (out, row))| {
             let c = r % channels;
-            let s = stats[r];
-            // (x − μ) first: folding μ into a shift (x·scale + shift) cancels
-            // catastrophically when |μ| ≫ σ
-            let (scale, shift) = (gamma[c] * s.rstd, beta[c]);
-            for (o, &v) in out.iter_mut().zip(row) {
-                *o = activate((v - s.mean) * scale + shift, slope);
-            }
+            let k = coef(stats[r], gamma[c], beta[c], slope);
+            forward_row(out, row, k, slope.is_some());
         });
     (y, stats)
 }
@@ -137,58 +214,20 @@ fn backward_rows(
     n: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let channels = st.gamma.len();
-    let slope = st.slope;
-    // per row: Σ dz and Σ dz·x̂ (f32 lanes, f64 between blocks)
     let sums: Vec<(f64, f64)> = x
         .par_chunks(n)
         .zip(dy.par_chunks(n))
         .enumerate()
-        .map(|(r, (row, g))| {
-            let c = r % channels;
-            let s = st.stats[r];
-            let (gm, bt) = (st.gamma[c], st.beta[c]);
-            let (mut s1, mut s2) = (0.0f64, 0.0f64);
-            for (xb, gb) in row.chunks(BLOCK).zip(g.chunks(BLOCK)) {
-                let mut a1 = [0.0f32; LANES];
-                let mut a2 = [0.0f32; LANES];
-                let mut xi = xb.chunks_exact(LANES);
-                let mut gi = gb.chunks_exact(LANES);
-                for (xc, gc) in (&mut xi).zip(&mut gi) {
-                    for l in 0..LANES {
-                        let xh = (xc[l] - s.mean) * s.rstd;
-                        let dz = gc[l] * slope_factor(gm * xh + bt, slope);
-                        a1[l] += dz;
-                        a2[l] += dz * xh;
-                    }
-                }
-                for (&v, &d) in xi.remainder().iter().zip(gi.remainder()) {
-                    let xh = (v - s.mean) * s.rstd;
-                    let dz = d * slope_factor(gm * xh + bt, slope);
-                    s1 += dz as f64;
-                    s2 += (dz * xh) as f64;
-                }
-                s1 += a1.iter().map(|&a| a as f64).sum::<f64>();
-                s2 += a2.iter().map(|&a| a as f64).sum::<f64>();
-            }
-            (s1, s2)
-        })
+        .map(|(r, (row, g))| backward_sums(row, g, st.coef(r)))
         .collect();
     let mut dx = vec![0.0f32; x.len()];
     dx.par_chunks_mut(n)
         .zip(x.par_chunks(n).zip(dy.par_chunks(n)))
         .enumerate()
         .for_each(|(r, (out, (row, g)))| {
-            let c = r % channels;
-            let s = st.stats[r];
-            let (gm, bt) = (st.gamma[c], st.beta[c]);
             let m1 = (sums[r].0 / n as f64) as f32;
             let m2 = (sums[r].1 / n as f64) as f32;
-            let k = s.rstd * gm;
-            for ((o, &v), &d) in out.iter_mut().zip(row).zip(g) {
-                let xh = (v - s.mean) * s.rstd;
-                let dz = d * slope_factor(gm * xh + bt, slope);
-                *o = k * (dz - m1 - xh * m2);
-            }
+            backward_dx(out, row, g, st.coef(r), m1, m2);
         });
     let mut dgamma = vec![0.0f32; channels];
     let mut dbeta = vec![0.0f32; channels];
