@@ -174,6 +174,31 @@ fn stride_one_gradients_match_the_direct_reference() {
     });
 }
 
+/// Shapes of the direct 3×3×3 kernel (padding 1, rows a multiple of 16 voxels wide, on
+/// CPUs with AVX-512; im2col elsewhere): rows of one and of three 16-voxel vectors,
+/// output channels in a full block of 8 and a partial one, two items.
+#[test]
+fn direct_kernel_gradients_match_the_direct_reference() {
+    check(&Case {
+        x: [2, 3, 5, 4, 48],
+        w: [10, 3, 3, 3, 3],
+        stride: 1,
+        pad: 1,
+    });
+    check(&Case {
+        x: [1, 9, 3, 6, 16],
+        w: [8, 9, 3, 3, 3],
+        stride: 1,
+        pad: 1,
+    });
+    check(&Case {
+        x: [1, 1, 4, 3, 32],
+        w: [3, 1, 3, 3, 3],
+        stride: 1,
+        pad: 1,
+    });
+}
+
 #[test]
 fn strided_gradients_match_the_direct_reference() {
     check(&Case {

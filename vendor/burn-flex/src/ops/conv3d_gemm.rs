@@ -30,6 +30,17 @@ const TILE_MIN: usize = 256;
 /// Tiles per work item; each item's weight-gradient part is summed in a fixed order.
 const TILES_PER_GROUP: usize = 2;
 
+/// The direct kernel is on unless `RLU2NET_CONV=im2col` (for comparing the two).
+fn direct_enabled() -> bool {
+    #[cfg(feature = "std")]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| std::env::var("RLU2NET_CONV").map_or(true, |v| v != "im2col"))
+    }
+    #[cfg(not(feature = "std"))]
+    true
+}
+
 /// Whether the fast path applies.
 fn applies(dtype: DType, w_shape: &[usize], options: &ConvOptions<3>) -> bool {
     dtype == DType::F32
@@ -67,6 +78,13 @@ impl Geom {
     }
     fn spatial_out(&self) -> usize {
         self.out[0] * self.out[1] * self.out[2]
+    }
+    /// The sizes for the direct kernel (conv3d_direct.rs), where it applies.
+    fn direct(&self, n: usize, co: usize) -> Option<super::conv3d_direct::Dims> {
+        let [d, h, w] = self.inp;
+        (super::conv3d_direct::applies(self.k, self.p, self.out[2]) && direct_enabled()).then_some(
+            super::conv3d_direct::Dims { n, ci: self.ci, co, d, h, w },
+        )
     }
     /// Output rows (of `out[2]` positions) per tile.
     fn rows_per_tile(&self) -> usize {
@@ -227,11 +245,37 @@ pub(crate) fn forward(
     let weight = weight.to_contiguous();
     let xs = x.layout().shape().to_vec();
     let g = Geom::new(&xs, &w_shape, options.padding_begin());
-    let (n, co, k_cols, s_out) = (xs[0], w_shape[0], g.k_cols(), g.spatial_out());
+    let (n, co, s_out) = (xs[0], w_shape[0], g.spatial_out());
     let w_data: &[f32] = weight.storage();
+    let mut out = match g.direct(n, co) {
+        Some(dims) => super::conv3d_direct::forward(x.storage(), w_data, &dims),
+        None => gemm_forward(x.storage(), w_data, &g, n, co),
+    };
+    add_bias(&mut out, bias, co, s_out);
+    Some(FlexTensor::new(
+        Bytes::from_elems(out),
+        Layout::contiguous(Shape::from(vec![n, co, g.out[0], g.out[1], g.out[2]])),
+        DType::F32,
+    ))
+}
+
+fn add_bias(out: &mut [f32], bias: Option<&FlexTensor>, co: usize, s_out: usize) {
+    if let Some(bias) = bias {
+        let bias = bias.to_contiguous();
+        let bv: &[f32] = bias.storage();
+        for (i, plane) in out.chunks_mut(s_out).enumerate() {
+            let v = bv[i % co];
+            plane.iter_mut().for_each(|o| *o += v);
+        }
+    }
+}
+
+/// `conv3d(x, w)` by im2col + GEMM, tile by tile.
+fn gemm_forward(x: &[f32], w_data: &[f32], g: &Geom, n: usize, co: usize) -> Vec<f32> {
+    let (k_cols, s_out) = (g.k_cols(), g.spatial_out());
     let mut out = vec![0.0f32; n * co * s_out];
     let dst = OutPtr(out.as_mut_ptr());
-    map_tiles(x.storage(), n, &g, 0, |tile, start, t, cols, _| unsafe {
+    map_tiles(x, n, g, 0, |tile, start, t, cols, _| unsafe {
         // out[b][co × t] = W[co × K] · cols[K × t]; tiles write disjoint columns
         let dst = dst;
         gemm::gemm(
@@ -256,19 +300,7 @@ pub(crate) fn forward(
             gemm::Parallelism::None,
         );
     });
-    if let Some(bias) = bias {
-        let bias = bias.to_contiguous();
-        let bv: &[f32] = bias.storage();
-        for (i, plane) in out.chunks_mut(s_out).enumerate() {
-            let v = bv[i % co];
-            plane.iter_mut().for_each(|o| *o += v);
-        }
-    }
-    Some(FlexTensor::new(
-        Bytes::from_elems(out),
-        Layout::contiguous(Shape::from(vec![n, co, g.out[0], g.out[1], g.out[2]])),
-        DType::F32,
-    ))
+    out
 }
 
 /// Gradient with respect to the input `x` of `conv3d(x, weight)`.
@@ -323,6 +355,14 @@ pub(crate) fn weight_backward(
     let g = Geom::new(&xs, w_shape, options.padding_begin());
     let (n, co, k_cols, s_out) = (xs[0], w_shape[0], g.k_cols(), g.spatial_out());
     let g_data: &[f32] = gr.storage();
+    if let Some(dims) = g.direct(n, co) {
+        let grad = super::conv3d_direct::weight_backward(x.storage(), g_data, &dims);
+        return Some(FlexTensor::new(
+            Bytes::from_elems(grad),
+            Layout::contiguous(Shape::from(w_shape.to_vec())),
+            DType::F32,
+        ));
+    }
     let grad = map_tiles(x.storage(), n, &g, co * k_cols, |tile, start, t, cols, acc| unsafe {
         // acc[co × K] += G[co × t] · colsᵀ (cols is K × t)
         gemm::gemm(
