@@ -179,24 +179,18 @@ fn stride_one_gradients_match_the_direct_reference() {
 /// output channels in a full block of 8 and a partial one, two items.
 #[test]
 fn direct_kernel_gradients_match_the_direct_reference() {
-    check(&Case {
-        x: [2, 3, 5, 4, 48],
-        w: [10, 3, 3, 3, 3],
-        stride: 1,
-        pad: 1,
-    });
-    check(&Case {
-        x: [1, 9, 3, 6, 16],
-        w: [8, 9, 3, 3, 3],
-        stride: 1,
-        pad: 1,
-    });
-    check(&Case {
-        x: [1, 1, 4, 3, 32],
-        w: [3, 1, 3, 3, 3],
-        stride: 1,
-        pad: 1,
-    });
+    for (x, w) in [
+        ([2, 3, 5, 4, 48], [10, 3, 3, 3, 3]),
+        ([1, 9, 3, 6, 16], [8, 9, 3, 3, 3]),
+        ([1, 1, 4, 3, 32], [3, 1, 3, 3, 3]),
+    ] {
+        check(&Case {
+            x,
+            w,
+            stride: 1,
+            pad: 1,
+        });
+    }
 }
 
 #[test]

@@ -247,8 +247,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     // The whole command runs on one of the pool's threads: a parallel loop started from
     // outside the pool hands its work over and puts the caller to sleep until it is done
     // (two futex wake-ups per loop, and a third thread on the cores); from inside the pool
-    // the caller works on its share and steals back. Thousands of small loops per `tiny`
-    // training step made that hand-over about a tenth of the step (BENCHMARKS.md).
+    // the caller works on its share and steals back. With thousands of small loops per
+    // `tiny` training step, futex wake-ups were 9 % of its profile, and the step 6 %
+    // slower (BENCHMARKS.md).
     // Nothing on the pool may wait for a thread that itself needs the pool: the data
     // prefetcher is a plain thread without parallel loops.
     rayon::scope(|_| dispatch(cli.command))

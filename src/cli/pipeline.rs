@@ -303,7 +303,7 @@ pub struct DemoArgs {
 
 /// Steps a budget allows at a preset: an upper bound (the schedule is fitted to the
 /// measured step time, never above this), so the per-step times here are below the
-/// fastest measured on 2 cores (`tiny` 0.19 s, validation included, 2026-12-02).
+/// fastest measured on 2 cores (`tiny` 0.20 s, validation included, 2026-12-02).
 fn steps_for(minutes: f64, preset: Preset) -> u64 {
     let per_step = match preset {
         Preset::Tiny => 0.12,

@@ -18,6 +18,8 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::conv3d_gemm::OutPtr;
+
 /// Vector lanes (one AVX-512 register of f32).
 const V: usize = 16;
 /// Output channels per block.
@@ -49,6 +51,15 @@ impl Dims {
     }
     fn co_blocks(&self) -> usize {
         self.co.div_ceil(CB)
+    }
+    fn strides(&self) -> Strides {
+        let row = self.wp();
+        let plane = (self.h + 2) * row;
+        Strides {
+            row,
+            plane,
+            chan: (self.d + 2) * plane,
+        }
     }
 }
 
@@ -95,13 +106,7 @@ fn pack_weights(w: &[f32], g: &Dims) -> Vec<f32> {
     out
 }
 
-/// A raw output pointer that workers write disjoint parts of.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-/// One task's view of the padded input: strides of a padded row, plane and channel.
+/// Strides of the padded input: a padded row, plane and channel.
 #[derive(Clone, Copy)]
 struct Strides {
     row: usize,
@@ -109,17 +114,6 @@ struct Strides {
     chan: usize,
 }
 
-impl Dims {
-    fn strides(&self) -> Strides {
-        let row = self.wp();
-        let plane = (self.h + 2) * row;
-        Strides {
-            row,
-            plane,
-            chan: (self.d + 2) * plane,
-        }
-    }
-}
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -196,8 +190,8 @@ mod avx512 {
     }
 
     /// Σ over the map of the output gradient of the 8 channels of block `blk` times the
-    /// input channel `ci` shifted by (a, bb, c), c = 0, 1, 2: `res[k·3 + c]`. `grows[k]`
-    /// is channel k's gradient for item 0 (a zero row for channels past the last).
+    /// input channel `ci` shifted by (a, bb, c), c = 0, 1, 2: `res[k·3 + c]`
+    /// (`zero_row` stands in for the channels past the last of a partial block).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn weight_task(
         xp: &[f32],

@@ -223,7 +223,7 @@ fn map_tiles(
 
 /// A raw output pointer that workers write disjoint parts of.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
