@@ -60,8 +60,9 @@ pub fn save_checkpoint(
     if dir.exists() {
         std::fs::rename(dir, &old)?;
     }
-    // a crash here leaves only `.old`: `resolve` reads it
-    std::fs::rename(&tmp, dir)?;
+    // a crash here leaves only `.old`: `resolve` reads it. The files in `tmp` are on
+    // disk already (write_synced); the folder and its parent are flushed around the rename
+    crate::io::rename_durably(&tmp, dir)?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }
@@ -79,21 +80,25 @@ fn write_files(
         .into_record()
         .into_bytes()
         .map_err(|e| anyhow::anyhow!("cannot encode the model: {e:?}"))?;
-    std::fs::write(tmp.join("model.bpk"), &model_bytes[..])?;
+    let write = crate::io::write_synced;
+    write(&tmp.join("model.bpk"), &model_bytes[..])?;
     let optim_bytes = optim
         .into_bytes()
         .map_err(|e| anyhow::anyhow!("cannot encode the optimiser: {e:?}"))?;
-    std::fs::write(tmp.join("optimizer.bpk"), &optim_bytes[..])?;
+    write(&tmp.join("optimizer.bpk"), &optim_bytes[..])?;
     let agents_json: Vec<serde_json::Value> = agents
         .iter()
         .map(serde_json::to_value)
         .collect::<Result<_, _>>()?;
-    std::fs::write(
-        tmp.join("agents.json"),
-        serde_json::to_string(&agents_json)?,
+    write(
+        &tmp.join("agents.json"),
+        serde_json::to_string(&agents_json)?.as_bytes(),
     )?;
     // state.json last: a folder with it is complete
-    std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
+    write(
+        &tmp.join("state.json"),
+        serde_json::to_string_pretty(state)?.as_bytes(),
+    )?;
     Ok(())
 }
 

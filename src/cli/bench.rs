@@ -6,7 +6,7 @@ use burn::nn::PaddingConfig3d;
 use burn::nn::conv::Conv3dConfig;
 use burn::tensor::{Device, Distribution, Tensor};
 
-use crate::device::{Backend, describe, device};
+use crate::device::{Backend, select};
 use crate::model::Preset;
 
 #[derive(clap::Args, Debug)]
@@ -18,7 +18,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
     /// Where to compute (`--device` as in nnU-Net and TotalSegmentator; `--backend` also works).
-    #[arg(long, visible_alias = "device", value_enum, default_value_t = Backend::Auto)]
+    #[arg(long, visible_alias = "device", default_value_t = Backend::Auto)]
     pub backend: Backend,
     /// Preset for `bench model`.
     #[arg(long, value_enum, default_value_t = Preset::Cpu)]
@@ -113,7 +113,8 @@ fn sliding_window(a: BenchArgs) -> anyhow::Result<()> {
     use rand::SeedableRng;
     use rand_distr::{Distribution as _, Normal};
     let cfg = bench_config(&a)?;
-    let dev = device(a.backend)?;
+    let sel = select(a.backend)?;
+    let dev = sel.device.clone();
     let shape = (160, 160, 128);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let normal = Normal::new(0.0f32, 1.0).expect("valid");
@@ -129,7 +130,7 @@ fn sliding_window(a: BenchArgs) -> anyhow::Result<()> {
     let p = Predictor::from_parts(cfg.clone(), stats, net, dev.clone(), 0.5, false);
     println!(
         "backend: {}; threads: {}; preset {:?}, {}³ windows, a {shape:?} pair, overlap 0.5",
-        describe(a.backend),
+        sel.description,
         rayon::current_num_threads(),
         a.preset,
         cfg.model.patch
@@ -149,10 +150,11 @@ fn model(a: BenchArgs) -> anyhow::Result<()> {
     use rand::SeedableRng;
     let cfg = bench_config(&a)?.model;
     let p = cfg.patch;
-    let dev = device(a.backend)?;
+    let sel = select(a.backend)?;
+    let dev = sel.device.clone();
     println!(
         "backend: {}; threads: {}; preset {:?} ({p}³ pair, batch 1)",
-        describe(a.backend),
+        sel.description,
         rayon::current_num_threads(),
         a.preset
     );
@@ -203,11 +205,12 @@ fn model(a: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn kernels(a: BenchArgs) -> anyhow::Result<()> {
-    let dev = device(a.backend)?;
+    let sel = select(a.backend)?;
+    let dev = sel.device.clone();
     let ad = dev.clone().autodiff();
     println!(
         "backend: {}; threads: {}",
-        describe(a.backend),
+        sel.description,
         rayon::current_num_threads()
     );
     println!("{:<62} {:>10}  runs (ms)", "kernel", "median ms");

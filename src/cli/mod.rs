@@ -58,6 +58,8 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The devices `--device` chooses among: the CPU and each GPU adapter (`gpu:N`).
+    Devices,
     /// Parameter count and FLOPs of one forward pass of a preset (counted from the layer shapes).
     ModelInfo {
         #[arg(long, value_enum, default_value_t = Preset::Cpu)]
@@ -122,7 +124,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub max_minutes: Option<f64>,
     /// Where to compute (`--device` as in nnU-Net and TotalSegmentator; `--backend` also works).
-    #[arg(long, visible_alias = "device", value_enum, default_value_t = crate::device::Backend::Auto)]
+    #[arg(long, visible_alias = "device", default_value_t = crate::device::Backend::Auto)]
     pub backend: crate::device::Backend,
 }
 
@@ -190,11 +192,12 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
         &out.join("run.json"),
         serde_json::to_string_pretty(&RunInfo { data: data_abs })?.as_bytes(),
     )?;
+    let selected = crate::device::select(a.backend)?;
     let opts = TrainOptions {
         data,
         out: out.clone(),
         resume: a.resume.is_some(),
-        device: crate::device::device(a.backend)?,
+        device: selected.device,
         progress: true,
         stop_after_steps: None,
     };
@@ -204,7 +207,7 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
         opts.data.display(),
         cfg.epochs,
         cfg.steps_per_epoch,
-        crate::device::describe(a.backend)
+        selected.description
     );
     let s = train(&cfg, &opts)?;
     eprintln!(
@@ -274,6 +277,10 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 run.display(),
                 h.rlu2net_version
             );
+            Ok(())
+        }
+        Command::Devices => {
+            print!("{}", crate::device::list_text());
             Ok(())
         }
         Command::ModelInfo { preset } => {

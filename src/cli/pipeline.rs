@@ -44,6 +44,21 @@ pub struct InferArgs {
     pub output_dir: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = SplitArg::Test)]
     pub split: SplitArg,
+    /// With --input-dir: stop at the first case that cannot be predicted (default: report
+    /// it, predict every other case, list the failures in failures.json and exit 1).
+    #[arg(long, requires = "input_dir")]
+    pub fail_fast: bool,
+    /// With --input-dir: skip cases whose outputs are already complete (resume an
+    /// interrupted batch).
+    #[arg(long = "continue", requires = "input_dir")]
+    pub resume: bool,
+    /// With --input-dir: split the cases into this many parts (one per process or
+    /// machine, e.g. a SLURM array); see --part-id.
+    #[arg(long, default_value_t = 1, requires = "input_dir")]
+    pub num_parts: usize,
+    /// Which part (0 … num-parts − 1) this process predicts.
+    #[arg(long, default_value_t = 0, requires = "input_dir")]
+    pub part_id: usize,
     /// Also write the 8-class softmax (4D, on the working grid).
     #[arg(long)]
     pub probabilities: bool,
@@ -65,7 +80,7 @@ pub struct InferArgs {
     #[arg(long, default_value_t = 0.5)]
     pub overlap: f64,
     /// Where to compute (`--device` as in nnU-Net and TotalSegmentator; `--backend` also works).
-    #[arg(long, visible_alias = "device", value_enum, default_value_t = Backend::Auto)]
+    #[arg(long, visible_alias = "device", default_value_t = Backend::Auto)]
     pub backend: Backend,
 }
 
@@ -90,6 +105,56 @@ impl From<SplitArg> for Split {
     }
 }
 
+/// `infer --input-dir`: every case of the split (of this part), bad cases reported and
+/// skipped unless `--fail-fast`; exit 1 when any failed.
+fn infer_batch(a: &InferArgs, p: &Predictor, dir: &Path, out: &Path) -> anyhow::Result<()> {
+    use crate::infer::batch::{BatchOptions, Part, predict_batch, write_failures};
+    let part = Part::new(a.num_parts, a.part_id)?;
+    let opts = BatchOptions {
+        probabilities: a.probabilities,
+        show_progress: true,
+        fail_fast: a.fail_fast,
+        resume: a.resume,
+        part,
+    };
+    let mut stats = Vec::new();
+    let report = predict_batch(p, dir, a.split.into(), out, &opts, |case, input, pred| {
+        if a.statistics {
+            let ct = case.modality == Modality::Ct;
+            stats.push((case.name(), statistics(&input.original, &pred.labels, ct)?));
+        }
+        Ok(())
+    })?;
+    eprintln!(
+        "{} of {} cases predicted{}{}, {} failed; wrote {} files to {}",
+        report.predicted,
+        report.assigned,
+        if part.count > 1 { format!(" (part {} of {})", part.id, part.count) } else { String::new() },
+        if a.resume { format!(", {} already complete", report.already_done) } else { String::new() },
+        report.failures.len(),
+        report.written.len(),
+        out.display()
+    );
+    if a.statistics && !stats.is_empty() {
+        let path = write_statistics(&out.join(part.file_name("statistics", "json")), stats)?;
+        eprintln!("wrote {}", path.display());
+    }
+    let failures = write_failures(out, part, &report.failures)?;
+    if report.failures.is_empty() {
+        return Ok(());
+    }
+    eprintln!("failed cases (also in {}):", failures.display());
+    for f in &report.failures {
+        eprintln!("  {}: {}", f.cases.join(" + "), f.error);
+    }
+    anyhow::bail!(
+        "{} of {} cases failed (listed above and in {})",
+        report.failures.len(),
+        report.assigned,
+        failures.display()
+    )
+}
+
 pub fn infer(a: InferArgs) -> anyhow::Result<()> {
     let mut p = Predictor::load(&a.model, device(a.backend)?, a.overlap, a.tta)?;
     p.keep_largest = !a.no_postprocess;
@@ -103,28 +168,7 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
             .output_dir
             .clone()
             .ok_or_else(|| anyhow::anyhow!("--input-dir needs --output-dir"))?;
-        let mut stats = Vec::new();
-        let written = predict_dir(
-            &p,
-            dir,
-            a.split.into(),
-            &out,
-            a.probabilities,
-            true,
-            |case, input, pred| {
-                if a.statistics {
-                    let ct = case.modality == Modality::Ct;
-                    stats.push((case.name(), statistics(&input.original, &pred.labels, ct)?));
-                }
-                Ok(())
-            },
-        )?;
-        eprintln!("wrote {} files to {}", written.len(), out.display());
-        if a.statistics {
-            let path = write_statistics(&out.join("statistics.json"), stats)?;
-            eprintln!("wrote {}", path.display());
-        }
-        return Ok(());
+        return infer_batch(&a, &p, dir, &out);
     }
     anyhow::ensure!(
         a.ct.is_some() || a.mr.is_some(),
@@ -297,7 +341,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Where to compute (`--device` as in nnU-Net and TotalSegmentator; `--backend` also works).
-    #[arg(long, visible_alias = "device", value_enum, default_value_t = Backend::Auto)]
+    #[arg(long, visible_alias = "device", default_value_t = Backend::Auto)]
     pub backend: Backend,
 }
 
@@ -396,7 +440,7 @@ pub struct AblateArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Where to compute (`--device` as in nnU-Net and TotalSegmentator; `--backend` also works).
-    #[arg(long, visible_alias = "device", value_enum, default_value_t = Backend::Auto)]
+    #[arg(long, visible_alias = "device", default_value_t = Backend::Auto)]
     pub backend: Backend,
     /// Only these rows (comma-separated), e.g. to run the table in parts.
     #[arg(long, value_delimiter = ',', default_values_t = VARIANTS.map(String::from))]

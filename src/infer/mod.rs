@@ -2,6 +2,7 @@
 //! cross-modal Gaussian sliding-window ensemble, and label maps written on the
 //! input's own grid.
 
+pub mod batch;
 pub mod postprocess;
 pub mod probs;
 pub mod sliding;
@@ -556,11 +557,8 @@ pub fn window_bar(n: u64) -> indicatif::ProgressBar {
     pb
 }
 
-/// Predict every `<case>_image.nii.gz` of one split of an MM-WHS-layout folder,
-/// writing `<case>_label.nii.gz` into `out`. CT and MRI cases are paired by their
-/// order (as a paired data set is in training); a modality without a partner is
-/// predicted alone (self-pairing). `each` is called with every case's input and
-/// prediction after it is written (statistics, previews), so nothing is read twice.
+/// Predict every case of one split (see [`batch::predict_batch`]), stopping at the
+/// first bad case; the files written.
 pub fn predict_dir(
     p: &Predictor,
     data: &Path,
@@ -568,57 +566,15 @@ pub fn predict_dir(
     out: &Path,
     probabilities: bool,
     show_progress: bool,
-    mut each: impl FnMut(&crate::data::layout::Case, &Input, &Prediction) -> anyhow::Result<()>,
+    each: impl FnMut(&crate::data::layout::Case, &Input, &Prediction) -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<PathBuf>> {
-    use crate::data::layout::discover;
-    let ds = discover(data)?;
-    let ct = ds.select(Modality::Ct, split);
-    let mr = ds.select(Modality::Mr, split);
-    anyhow::ensure!(
-        !ct.is_empty() || !mr.is_empty(),
-        "{}: no {} cases (expected ct_{}/…_image.nii.gz or mr_{}/…)",
-        data.display(),
-        split.name(),
-        split.name(),
-        split.name()
-    );
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("{}: cannot create the output folder", out.display()))?;
-    let n = ct.len().max(mr.len());
-    let mut written = Vec::new();
-    for i in 0..n {
-        let ci = ct
-            .get(i)
-            .map(|c| p.prepare(&c.image, Modality::Ct))
-            .transpose()?;
-        let mi = mr
-            .get(i)
-            .map(|c| p.prepare(&c.image, Modality::Mr))
-            .transpose()?;
-        let pb = if show_progress {
-            window_bar(p.window_total(ci.as_ref(), mi.as_ref()))
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        let names: Vec<String> = ct
-            .get(i)
-            .iter()
-            .chain(mr.get(i).iter())
-            .map(|c| c.name())
-            .collect();
-        pb.set_message(names.join(" + "));
-        let preds = p.predict_any(ci.as_ref(), mi.as_ref(), &pb);
-        let jobs = [(ct.get(i), &ci), (mr.get(i), &mi)];
-        for ((case, input), pred) in jobs.into_iter().zip(preds) {
-            if let (Some(c), Some(x), Some(pred)) = (case, input, pred) {
-                let path = out.join(format!("{}_label.nii.gz", c.name()));
-                written.extend(write_prediction(&path, &pred, probabilities)?);
-                each(c, x, &pred)?;
-            }
-        }
-        pb.finish_and_clear();
-    }
-    Ok(written)
+    let opts = batch::BatchOptions {
+        probabilities,
+        show_progress,
+        fail_fast: true,
+        ..batch::BatchOptions::default()
+    };
+    Ok(batch::predict_batch(p, data, split, out, &opts, each)?.written)
 }
 
 #[cfg(test)]

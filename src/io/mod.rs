@@ -17,23 +17,60 @@ pub use nifti2::write_nifti2;
 pub use orientation::{Orientation, Reorientation, from_ras, to_ras};
 pub use volume::Volume;
 
-/// Write `bytes` to `path` through a temporary file in the same folder and a rename.
+/// Write `bytes` to `path` durably: into a temporary file in the same folder, flushed
+/// to disk, renamed over `path`, and the folder flushed too, so that neither a crash nor
+/// a power loss leaves a renamed but empty or half-written file (SQLite's and git's rule).
 pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
+    let dir = parent_of(path);
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other("not a file path"))?
         .to_string_lossy()
         .to_string();
     let tmp = dir.join(format!(".{name}.{}.partial", std::process::id()));
-    let r = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
+    let r = write_synced(&tmp, bytes).and_then(|_| rename_durably(&tmp, path));
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     r
+}
+
+fn parent_of(path: &std::path::Path) -> std::path::PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    }
+}
+
+/// Write a file and flush it to disk before returning.
+pub fn write_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be
+/// opened (Windows).
+pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    if cfg!(unix) {
+        std::fs::File::open(dir)?.sync_all()
+    } else {
+        Ok(())
+    }
+}
+
+/// Move a finished temporary file (or folder) into place durably: its data flushed
+/// first (a file; a folder's files are flushed by whoever wrote them), then the rename,
+/// then the folder it now lies in.
+pub fn rename_durably(tmp: &std::path::Path, path: &std::path::Path) -> std::io::Result<()> {
+    if tmp.is_dir() {
+        sync_dir(tmp)?;
+    } else {
+        std::fs::File::open(tmp)?.sync_all()?;
+    }
+    std::fs::rename(tmp, path)?;
+    sync_dir(&parent_of(path))
 }
 
 #[cfg(test)]

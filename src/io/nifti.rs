@@ -667,7 +667,8 @@ fn write_any<U: Voxel, D: ndarray::Dimension + ndarray::RemoveAxis>(
         .write_nifti(data)
         .map_err(|e| err(format!("cannot write: {e}")))
         .and_then(|_| {
-            std::fs::rename(&tmp, path).map_err(|e| err(format!("cannot move into place: {e}")))
+            super::rename_durably(&tmp, path)
+                .map_err(|e| err(format!("cannot move into place: {e}")))
         });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

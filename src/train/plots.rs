@@ -83,7 +83,7 @@ pub fn line_plot(
             .map_err(|e| err(path, e))?;
         root.present().map_err(|e| err(path, e))?;
     }
-    std::fs::rename(&tmp, path)
+    crate::io::rename_durably(&tmp, path)
         .map_err(|e| anyhow::anyhow!("{}: cannot move into place: {e}", path.display()))
 }
 

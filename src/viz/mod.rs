@@ -67,7 +67,7 @@ pub fn save_rgb_png(path: &Path, w: u32, h: u32, rgb: &[u8]) -> anyhow::Result<(
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::rename(&tmp, path)
+    crate::io::rename_durably(&tmp, path)
         .with_context(|| format!("{}: cannot move into place", path.display()))
 }
 

@@ -140,6 +140,9 @@ fn add(
         skipped.not_dicom += 1;
         return Ok(());
     }
+    // lengths and nesting checked before the parser trusts them (scan.rs)
+    super::scan::check(bytes)
+        .map_err(|e| VolumeError::new(name, format!("damaged DICOM file: {e}")))?;
     let object = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
         .from_reader(&bytes[128..])

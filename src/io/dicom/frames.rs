@@ -77,6 +77,7 @@ pub fn frames_of(files: &[DicomFile]) -> Result<Vec<Frame>, VolumeError> {
         let rows = uint(obj, tags::ROWS).ok_or_else(|| err("no Rows (0028,0010)".into()))?;
         let cols = uint(obj, tags::COLUMNS).ok_or_else(|| err("no Columns (0028,0011)".into()))?;
         let n = uint(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
+        pixel_module(obj, rows, cols, n).map_err(err)?;
         let sop = string(obj, tags::SOP_INSTANCE_UID).unwrap_or_default();
         let shared = first_item(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
         let per: Vec<&InMemDicomObject> = obj
@@ -150,8 +151,9 @@ pub fn frames_of(files: &[DicomFile]) -> Result<Vec<Frame>, VolumeError> {
                         "no usable PixelSpacing (0028,0030){frame_note}: positive row and column spacing needed"
                     ))
                 })?;
-            let slope = fixed::<1>(slope).map(|s| s[0]).unwrap_or(1.0);
-            let intercept = fixed::<1>(intercept).map(|s| s[0]).unwrap_or(0.0);
+            let slope = rescale(obj, tags::RESCALE_SLOPE, slope, 1.0).map_err(|p| err(format!("{p}{frame_note}")))?;
+            let intercept =
+                rescale(obj, tags::RESCALE_INTERCEPT, intercept, 0.0).map_err(|p| err(format!("{p}{frame_note}")))?;
             out.push(Frame {
                 file: fi,
                 frame: k as u32,
@@ -167,6 +169,86 @@ pub fn frames_of(files: &[DicomFile]) -> Result<Vec<Frame>, VolumeError> {
         }
     }
     Ok(out)
+}
+
+/// At most this many voxels in one file (4 GiB as f32): a larger claim is a damaged
+/// header, not a scan.
+pub const MAX_VOXELS_PER_FILE: u64 = 1 << 30;
+/// Compressed pixel data may decode to at most this many times its size.
+const MAX_COMPRESSION_RATIO: u64 = 1000;
+
+/// The image pixel module of one object checked before any pixel is decoded:
+/// greyscale, a bit depth the decoder reads, and Rows × Columns × NumberOfFrames ×
+/// BitsAllocated within [`MAX_VOXELS_PER_FILE`] and within the pixel data present
+/// (native: at least that many bytes; encapsulated: a fragment per frame and a
+/// compression ratio of at most 1000).
+fn pixel_module(obj: &InMemDicomObject, rows: usize, cols: usize, frames: usize) -> Result<(), String> {
+    if let Some(pi) = string(obj, tags::PHOTOMETRIC_INTERPRETATION)
+        && pi != "MONOCHROME1"
+        && pi != "MONOCHROME2"
+    {
+        return Err(format!(
+            "PhotometricInterpretation {pi}: only greyscale (MONOCHROME1, MONOCHROME2) CT or MR series are segmented"
+        ));
+    }
+    let bits = uint(obj, tags::BITS_ALLOCATED).ok_or("no usable BitsAllocated (0028,0100)")?;
+    if ![8, 16, 32].contains(&bits) {
+        return Err(format!("BitsAllocated {bits}: only 8, 16 or 32 bits per pixel are read"));
+    }
+    let voxels = (rows as u64)
+        .checked_mul(cols as u64)
+        .and_then(|v| v.checked_mul(frames as u64))
+        .filter(|&v| v <= MAX_VOXELS_PER_FILE)
+        .ok_or_else(|| {
+            format!(
+                "Rows {rows} × Columns {cols} × NumberOfFrames {frames} is more than {MAX_VOXELS_PER_FILE} voxels in one file: a damaged header"
+            )
+        })?;
+    let need = voxels * bits as u64 / 8;
+    let pixels = obj
+        .element_opt(tags::PIXEL_DATA)
+        .ok()
+        .flatten()
+        .ok_or("no pixel data (7FE0,0010)")?;
+    match pixels.value().fragments() {
+        Some(fragments) => {
+            let present: u64 = fragments.iter().map(|f| f.len() as u64).sum();
+            if (fragments.len() as u64) < frames as u64 {
+                return Err(format!(
+                    "NumberOfFrames {frames}, but its compressed pixel data has {} fragment(s)",
+                    fragments.len()
+                ));
+            }
+            if need > present.saturating_mul(MAX_COMPRESSION_RATIO) {
+                return Err(format!(
+                    "{rows} × {cols} × {frames} pixels of {bits} bits ({need} bytes) from {present} bytes of compressed data: a damaged header"
+                ));
+            }
+        }
+        None => {
+            let present = pixels.value().primitive().map_or(0, |p| p.calculate_byte_len()) as u64;
+            if present < need {
+                return Err(format!(
+                    "its pixel data holds {present} bytes, but Rows {rows} × Columns {cols} × NumberOfFrames {frames} × {bits} bits need {need}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// RescaleSlope / RescaleIntercept: `default` when absent, else one finite number.
+fn rescale(obj: &InMemDicomObject, tag: Tag, parsed: Option<Vec<f64>>, default: f64) -> Result<f64, String> {
+    let name = if tag == tags::RESCALE_SLOPE { "RescaleSlope (0028,1053)" } else { "RescaleIntercept (0028,1052)" };
+    match parsed {
+        Some(v) if v.len() == 1 && v[0].is_finite() => Ok(v[0]),
+        Some(v) => Err(format!("{name} {v:?} is not one finite number")),
+        // present (here or in a functional group) but not a number, or absent
+        None => match string(obj, tag) {
+            Some(text) => Err(format!("{name} {text:?} is not a number")),
+            None => Ok(default),
+        },
+    }
 }
 
 fn uint(obj: &InMemDicomObject, tag: Tag) -> Option<usize> {

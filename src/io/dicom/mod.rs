@@ -11,6 +11,7 @@
 
 pub mod files;
 pub mod frames;
+pub mod scan;
 pub mod seg;
 
 use std::path::{Path, PathBuf};
@@ -100,7 +101,10 @@ pub fn read_series(path: &Path) -> Result<DicomSeries, VolumeError> {
     one_series(path, &files)?;
     let frames = frames_of(&files)?;
     let order = slice_order(&files, &frames)?;
-    let volume = assemble(&files, &frames, &order)?;
+    let mut volume = assemble(&files, &frames, &order)?;
+    if monochrome1(&files)? {
+        invert(&mut volume.data);
+    }
     let first = &files[0].object;
     let f0 = &frames[order[0]];
     let frames_in = |file: usize| frames.iter().filter(|f| f.file == file).count();
@@ -133,6 +137,35 @@ pub fn read_series(path: &Path) -> Result<DicomSeries, VolumeError> {
         slice_spacing: volume.spacing[2],
     };
     Ok(DicomSeries { volume, source })
+}
+
+/// Whether the series is MONOCHROME1 (the lowest value shown white); every file must
+/// say the same.
+fn monochrome1(files: &[DicomFile]) -> Result<bool, VolumeError> {
+    let pi = |f: &DicomFile| {
+        string(&f.object, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_else(|| "MONOCHROME2".into())
+    };
+    let first = pi(&files[0]);
+    if let Some(f) = files.iter().find(|f| pi(f) != first) {
+        return Err(VolumeError::new(
+            &f.name,
+            format!(
+                "PhotometricInterpretation {} but {} is {first}: mixed series",
+                pi(f),
+                files[0].name.display()
+            ),
+        ));
+    }
+    Ok(first == "MONOCHROME1")
+}
+
+/// MONOCHROME1 to MONOCHROME2: v' = min + max − v over the volume (as MONAI Deploy's
+/// series-to-volume step does), so that bright means a high value as in training.
+fn invert(data: &mut Array3<f32>) {
+    let (lo, hi) = data
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+    data.mapv_inplace(|x| lo + hi - x);
 }
 
 /// Every file must belong to one series.

@@ -1,0 +1,270 @@
+//! Batch inference over one split of an MM-WHS-layout folder, with the habits of
+//! nnU-Net's and TotalSegmentator's predictors: a bad case is reported and skipped
+//! (every other case is still predicted; `failures.json` lists the bad ones), an
+//! interrupted batch resumes where it stopped (`resume`: cases whose outputs are all
+//! present are skipped; every output is written through a rename, so present means
+//! complete), and a folder is split into parts for several processes or machines
+//! (`part`: the pairs whose index is `id` modulo `count`).
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::{Input, Prediction, Predictor, window_bar, write_prediction};
+use crate::data::layout::{Case, Modality, Split, discover};
+
+/// Which share of a folder one process predicts (`--num-parts N --part-id K`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub count: usize,
+    pub id: usize,
+}
+
+impl Default for Part {
+    fn default() -> Self {
+        Part { count: 1, id: 0 }
+    }
+}
+
+impl Part {
+    pub fn new(count: usize, id: usize) -> anyhow::Result<Part> {
+        anyhow::ensure!(count >= 1, "--num-parts must be at least 1");
+        anyhow::ensure!(
+            id < count,
+            "--part-id {id} is not below --num-parts {count} (parts count from 0)"
+        );
+        Ok(Part { count, id })
+    }
+
+    pub fn holds(&self, index: usize) -> bool {
+        index % self.count == self.id
+    }
+
+    /// A file name with this part in it when there are several (`failures.json`,
+    /// `failures.part-1-of-4.json`), so parts sharing an output folder do not collide.
+    pub fn file_name(&self, stem: &str, ext: &str) -> String {
+        if self.count == 1 {
+            format!("{stem}.{ext}")
+        } else {
+            format!("{stem}.part-{}-of-{}.{ext}", self.id, self.count)
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct BatchOptions {
+    /// Also write each prediction's class probabilities.
+    pub probabilities: bool,
+    pub show_progress: bool,
+    /// Stop at the first bad case (the error names it).
+    pub fail_fast: bool,
+    /// Skip cases whose outputs are already complete.
+    pub resume: bool,
+    pub part: Part,
+}
+
+/// One case (a CT/MRI pair or a single volume) that could not be predicted.
+#[derive(Clone, Debug, Serialize)]
+pub struct Failure {
+    pub cases: Vec<String>,
+    pub inputs: Vec<PathBuf>,
+    pub error: String,
+}
+
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    pub written: Vec<PathBuf>,
+    /// Pairs (or single volumes) in this part.
+    pub assigned: usize,
+    pub predicted: usize,
+    /// Skipped because their outputs were already there (`resume`).
+    pub already_done: usize,
+    pub failures: Vec<Failure>,
+}
+
+/// The label file (and probabilities) a case's prediction is written to.
+pub fn outputs_of(case: &Case, out: &Path, probabilities: bool) -> Vec<PathBuf> {
+    let mut v = vec![out.join(format!("{}_label.nii.gz", case.name()))];
+    if probabilities {
+        v.push(out.join(format!("{}_label_probabilities.nii.gz", case.name())));
+    }
+    v
+}
+
+/// Predict every `<case>_image` of one split, writing `<case>_label.nii.gz` into
+/// `out`. CT and MRI cases are paired by their order (as a paired data set is in
+/// training); a modality without a partner is predicted alone (self-pairing). `each`
+/// is called with every case's input and prediction after it is written
+/// (statistics), so nothing is read twice; an error from it fails that case.
+pub fn predict_batch(
+    p: &Predictor,
+    data: &Path,
+    split: Split,
+    out: &Path,
+    opts: &BatchOptions,
+    mut each: impl FnMut(&Case, &Input, &Prediction) -> anyhow::Result<()>,
+) -> anyhow::Result<BatchReport> {
+    let ds = discover(data)?;
+    let ct = ds.select(Modality::Ct, split);
+    let mr = ds.select(Modality::Mr, split);
+    anyhow::ensure!(
+        !ct.is_empty() || !mr.is_empty(),
+        "{}: no {} cases (expected ct_{}/…_image.nii.gz or mr_{}/…)",
+        data.display(),
+        split.name(),
+        split.name(),
+        split.name()
+    );
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("{}: cannot create the output folder", out.display()))?;
+    let units: Vec<usize> = (0..ct.len().max(mr.len()))
+        .filter(|&i| opts.part.holds(i))
+        .collect();
+    let mut report = BatchReport {
+        assigned: units.len(),
+        ..BatchReport::default()
+    };
+    let bars = Bars::new(units.len() as u64, opts.show_progress);
+    for i in units {
+        let cases: Vec<&Case> = ct.get(i).into_iter().chain(mr.get(i)).collect();
+        let names: Vec<String> = cases.iter().map(|c| c.name()).collect();
+        let outputs: Vec<PathBuf> = cases
+            .iter()
+            .flat_map(|c| outputs_of(c, out, opts.probabilities))
+            .collect();
+        if opts.resume && outputs.iter().all(|o| o.is_file()) {
+            report.already_done += 1;
+            bars.cases.inc(1);
+            continue;
+        }
+        bars.cases.set_message(names.join(" + "));
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            predict_unit(p, [ct.get(i), mr.get(i)], out, opts, &bars, &mut each)
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(anyhow::anyhow!("internal error (a panic: {what}); please report it"))
+        });
+        bars.cases.inc(1);
+        match result {
+            Ok(written) => {
+                report.written.extend(written);
+                report.predicted += 1;
+            }
+            Err(e) if opts.fail_fast => return Err(e.context(names.join(" + "))),
+            Err(e) => {
+                let error = format!("{e:#}").replace('\n', " ");
+                bars.cases.println(format!("failed: {}: {error}", names.join(" + ")));
+                report.failures.push(Failure {
+                    cases: names,
+                    inputs: cases.iter().map(|c| c.image.clone()).collect(),
+                    error,
+                });
+            }
+        }
+    }
+    bars.cases.finish_and_clear();
+    Ok(report)
+}
+
+fn predict_unit(
+    p: &Predictor,
+    cases: [Option<&Case>; 2],
+    out: &Path,
+    opts: &BatchOptions,
+    bars: &Bars,
+    each: &mut impl FnMut(&Case, &Input, &Prediction) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let [ct, mr] = cases;
+    let ci = ct.map(|c| p.prepare(&c.image, Modality::Ct)).transpose()?;
+    let mi = mr.map(|c| p.prepare(&c.image, Modality::Mr)).transpose()?;
+    let windows = bars.windows(p.window_total(ci.as_ref(), mi.as_ref()));
+    let preds = p.predict_any(ci.as_ref(), mi.as_ref(), &windows);
+    windows.finish_and_clear();
+    let mut written = Vec::new();
+    for ((case, input), pred) in [(ct, &ci), (mr, &mi)].into_iter().zip(preds) {
+        if let (Some(c), Some(x), Some(pred)) = (case, input, pred) {
+            let path = &outputs_of(c, out, false)[0];
+            written.extend(write_prediction(path, &pred, opts.probabilities)?);
+            each(c, x, &pred)?;
+        }
+    }
+    Ok(written)
+}
+
+/// A bar over the cases (count, elapsed, time left) and one over each case's windows.
+struct Bars {
+    multi: Option<indicatif::MultiProgress>,
+    cases: indicatif::ProgressBar,
+}
+
+impl Bars {
+    fn new(n: u64, show: bool) -> Bars {
+        if !show {
+            return Bars {
+                multi: None,
+                cases: indicatif::ProgressBar::hidden(),
+            };
+        }
+        let multi = indicatif::MultiProgress::new();
+        let cases = multi.add(indicatif::ProgressBar::new(n));
+        cases.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} cases · {elapsed} elapsed · about {eta} left · {msg}",
+            )
+            .expect("valid template"),
+        );
+        Bars {
+            multi: Some(multi),
+            cases,
+        }
+    }
+
+    fn windows(&self, n: u64) -> indicatif::ProgressBar {
+        match &self.multi {
+            Some(m) => m.add(window_bar(n)),
+            None => indicatif::ProgressBar::hidden(),
+        }
+    }
+}
+
+/// `failures.json` (or its part's name) in `out`: the failed cases and their errors;
+/// an earlier one is removed when nothing failed.
+pub fn write_failures(out: &Path, part: Part, failures: &[Failure]) -> anyhow::Result<PathBuf> {
+    let path = out.join(part.file_name("failures", "json"));
+    if failures.is_empty() {
+        if path.exists() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("{}: cannot remove", path.display()))?;
+        }
+        return Ok(path);
+    }
+    crate::io::write_atomically(&path, serde_json::to_string_pretty(failures)?.as_bytes())
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_cover_every_index_exactly_once() {
+        for count in 1..6 {
+            let parts: Vec<Part> = (0..count).map(|k| Part::new(count, k).unwrap()).collect();
+            for i in 0..50 {
+                assert_eq!(parts.iter().filter(|p| p.holds(i)).count(), 1, "{count} parts, index {i}");
+            }
+        }
+        assert!(Part::new(2, 2).is_err());
+        assert!(Part::new(0, 0).is_err());
+        assert_eq!(Part::new(4, 1).unwrap().file_name("failures", "json"), "failures.part-1-of-4.json");
+        assert_eq!(Part::default().file_name("failures", "json"), "failures.json");
+    }
+}
