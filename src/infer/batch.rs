@@ -128,7 +128,8 @@ pub fn predict_batch(
     };
     let bars = Bars::new(units.len() as u64, opts.show_progress);
     for i in units {
-        let cases: Vec<&Case> = ct.get(i).into_iter().chain(mr.get(i)).collect();
+        let pair = [ct.get(i).copied(), mr.get(i).copied()];
+        let cases: Vec<&Case> = pair.iter().flatten().copied().collect();
         let names: Vec<String> = cases.iter().map(|c| c.name()).collect();
         let outputs: Vec<PathBuf> = cases
             .iter()
@@ -141,7 +142,7 @@ pub fn predict_batch(
         }
         bars.cases.set_message(names.join(" + "));
         let result = catch_unwind(AssertUnwindSafe(|| {
-            predict_unit(p, [ct.get(i), mr.get(i)], out, opts, &bars, &mut each)
+            predict_unit(p, pair, out, opts, &bars, &mut each)
         }))
         .unwrap_or_else(|panic| {
             let what = panic

@@ -158,13 +158,20 @@ fn prepare_cases(
     })
 }
 
-/// A new network with its weights drawn from the run's seed.
+/// A new network with its weights drawn from the run's seed: always on the CPU (whose
+/// generator is the same everywhere), then moved to `device`, so that one seed gives the
+/// same initial weights on every device.
 fn init_model(cfg: &TrainConfig, device: &Device) -> RlU2Net {
-    // the device's generator is shared by the process, so two runs in one process take turns
+    // the generator is shared by the process, so two runs in one process take turns
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _turn = INIT.lock().unwrap_or_else(|e| e.into_inner());
-    device.seed(derive_seed(cfg.seed, &[0x11a7]));
-    let m = RlU2Net::new(&cfg.model, device);
+    let cpu = Device::flex();
+    cpu.seed(derive_seed(cfg.seed, &[0x11a7]));
+    let cpu = match device.gradient_checkpointing_strategy() {
+        Some(_) => cpu.autodiff(),
+        None => cpu,
+    };
+    let m = RlU2Net::new(&cfg.model, &cpu);
     // parameters are initialised lazily: draw them now, in turn
     struct Touch;
     impl ModuleVisitor for Touch {
@@ -173,7 +180,7 @@ fn init_model(cfg: &TrainConfig, device: &Device) -> RlU2Net {
         }
     }
     m.visit(&mut Touch);
-    m
+    if device == &cpu { m } else { m.fork(device) }
 }
 
 /// The MRI pose offset a SynthWHS data set records, if any.
