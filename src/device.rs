@@ -112,7 +112,8 @@ pub fn select(backend: Backend) -> anyhow::Result<Selected> {
                 "this rlu2net was built without GPU support; rebuild with `cargo build --release --features gpu`"
             );
             let list = adapters();
-            let a = pick(&list, index, true).map_err(|why| anyhow::anyhow!("--device {backend}: {why}"))?;
+            let a = pick(&list, index, true)
+                .map_err(|why| anyhow::anyhow!("--device {backend}: {why}"))?;
             Ok(gpu_selected(a))
         }
     }
@@ -220,7 +221,9 @@ mod native {
                     name: info.name.clone(),
                     kind,
                     api: format!("{:?}", info.backend),
-                    driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+                    driver: format!("{} {}", info.driver, info.driver_info)
+                        .trim()
+                        .to_string(),
                     max_buffer: a.limits().max_buffer_size,
                     index_in_kind,
                 }
@@ -331,7 +334,11 @@ pub fn list_text() -> String {
             a.api,
             a.driver,
             a.max_buffer as f64 / (1u64 << 30) as f64,
-            if a.is_software() { " | software: slower than --device cpu" } else { "" }
+            if a.is_software() {
+                " | software: slower than --device cpu"
+            } else {
+                ""
+            }
         ));
     }
     s
@@ -361,7 +368,12 @@ mod tests {
         for bad in ["gpu:", "gpu:x", "tpu", "gpu:-1"] {
             assert!(bad.parse::<Backend>().is_err(), "{bad}");
         }
-        for b in [Backend::Auto, Backend::Cpu, Backend::Gpu(None), Backend::Gpu(Some(3))] {
+        for b in [
+            Backend::Auto,
+            Backend::Cpu,
+            Backend::Gpu(None),
+            Backend::Gpu(Some(3)),
+        ] {
             assert_eq!(b.to_string().parse::<Backend>(), Ok(b));
         }
     }
@@ -374,9 +386,17 @@ mod tests {
         let list = vec![sw.clone(), igpu.clone(), hw.clone()];
         assert_eq!(pick(&list, None, false).unwrap().name, "H200");
         assert_eq!(pick(&list, Some(1), false).unwrap().name, "iGPU");
-        assert!(pick(&list, Some(3), true).unwrap_err().contains("no adapter 3"));
+        assert!(
+            pick(&list, Some(3), true)
+                .unwrap_err()
+                .contains("no adapter 3")
+        );
         let only_sw = vec![sw];
-        assert!(pick(&only_sw, None, false).unwrap_err().contains("software"));
+        assert!(
+            pick(&only_sw, None, false)
+                .unwrap_err()
+                .contains("software")
+        );
         assert_eq!(pick(&only_sw, None, true).unwrap().name, "llvmpipe");
         assert!(pick(&[], None, true).is_err());
     }
@@ -384,7 +404,10 @@ mod tests {
     #[cfg(not(feature = "gpu"))]
     #[test]
     fn gpu_without_the_feature_is_a_clear_error() {
-        let e = select(Backend::Gpu(None)).err().expect("refused").to_string();
+        let e = select(Backend::Gpu(None))
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(e.contains("--features gpu"), "{e}");
         assert_eq!(describe(Backend::Auto), "cpu (burn flex)");
     }

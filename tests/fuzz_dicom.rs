@@ -59,18 +59,34 @@ fn length_fields(b: &[u8]) -> Vec<(usize, usize)> {
             let len = u32::from_le_bytes([b[pos + 4], b[pos + 5], b[pos + 6], b[pos + 7]]);
             let elem = u16::from_le_bytes([b[pos + 2], b[pos + 3]]);
             // enter items; skip fragments
-            pos += 8 + if elem == 0xE000 && len != u32::MAX && b.get(pos + 8..pos + 10) != Some(&[0xFE, 0xFF]) && len < 64 { len as usize } else { 0 };
+            pos += 8 + if elem == 0xE000
+                && len != u32::MAX
+                && b.get(pos + 8..pos + 10) != Some(&[0xFE, 0xFF])
+                && len < 64
+            {
+                len as usize
+            } else {
+                0
+            };
             continue;
         }
         let vr = [b[pos + 4], b[pos + 5]];
-        let long = matches!(&vr, b"OB" | b"OW" | b"OF" | b"SQ" | b"UN" | b"UT" | b"UC" | b"UR" | b"OD" | b"OL");
+        let long = matches!(
+            &vr,
+            b"OB" | b"OW" | b"OF" | b"SQ" | b"UN" | b"UT" | b"UC" | b"UR" | b"OD" | b"OL"
+        );
         if long {
             if pos + 12 > b.len() {
                 break;
             }
             out.push((pos + 8, 4));
             let len = u32::from_le_bytes([b[pos + 8], b[pos + 9], b[pos + 10], b[pos + 11]]);
-            pos += 12 + if &vr == b"SQ" || len == u32::MAX { 0 } else { len as usize };
+            pos += 12
+                + if &vr == b"SQ" || len == u32::MAX {
+                    0
+                } else {
+                    len as usize
+                };
         } else {
             out.push((pos + 6, 2));
             pos += 8 + u16::from_le_bytes([b[pos + 6], b[pos + 7]]) as usize;
@@ -106,7 +122,17 @@ fn special_u32(rng: &mut impl Rng, old: u32) -> u32 {
 fn pixel_attribute_case(rng: &mut impl Rng) -> Vec<u8> {
     let pick: u32 = rng.random_range(0..9);
     let v16 = [0u16, 1, 7, 65535, 12, 10, 32768][rng.random_range(0..7)];
-    let text = ["0", "-1", "NaN", "inf", "1e308", "abc", "", "4294967296", "3\\4"][rng.random_range(0..9)];
+    let text = [
+        "0",
+        "-1",
+        "NaN",
+        "inf",
+        "1e308",
+        "abc",
+        "",
+        "4294967296",
+        "3\\4",
+    ][rng.random_range(0..9)];
     slice_bytes(0, &|o| {
         let us = |t| DataElement::new(t, VR::US, PrimitiveValue::from(v16));
         let st = |t, vr| DataElement::new(t, vr, PrimitiveValue::from(text));
@@ -159,7 +185,10 @@ fn mutate(rng: &mut impl Rng, seed: &[u8]) -> Vec<u8> {
             // the transfer syntax UID (same length, so the meta group stays intact), or
             // a whole file rewritten in another syntax's encoding
             let ts = TS_UIDS[rng.random_range(0..TS_UIDS.len())];
-            if let Some(at) = b.windows(EXPLICIT_LE.len()).position(|w| w == EXPLICIT_LE.as_bytes()) {
+            if let Some(at) = b
+                .windows(EXPLICIT_LE.len())
+                .position(|w| w == EXPLICIT_LE.as_bytes())
+            {
                 let mut uid = ts.as_bytes().to_vec();
                 uid.resize(EXPLICIT_LE.len(), 0);
                 b[at..at + uid.len()].copy_from_slice(&uid);
@@ -180,12 +209,17 @@ fn mutate(rng: &mut impl Rng, seed: &[u8]) -> Vec<u8> {
 fn read_bounded(path: &Path, what: &str) {
     LARGEST.store(0, Ordering::Relaxed);
     let t0 = Instant::now();
-    let r = catch_unwind(AssertUnwindSafe(|| read_series(path).map(|s| s.volume.data.len())));
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        read_series(path).map(|s| s.volume.data.len())
+    }));
     let took = t0.elapsed();
     let largest = LARGEST.load(Ordering::Relaxed);
     assert!(r.is_ok(), "{what}: the reader panicked");
     assert!(took < MAX_TIME, "{what}: took {took:?}");
-    assert!(largest <= MAX_ALLOC, "{what}: an allocation of {largest} bytes");
+    assert!(
+        largest <= MAX_ALLOC,
+        "{what}: an allocation of {largest} bytes"
+    );
 }
 
 #[test]
@@ -226,8 +260,14 @@ fn mutated_series_never_panic_hang_or_allocate_beyond_a_bound() {
                             if !f.is_empty() {
                                 let (at, w) = f[rng.random_range(0..f.len())];
                                 if w == 4 {
-                                    let old = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-                                    b[at..at + 4].copy_from_slice(&special_u32(&mut rng, old).to_le_bytes());
+                                    let old = u32::from_le_bytes([
+                                        b[at],
+                                        b[at + 1],
+                                        b[at + 2],
+                                        b[at + 3],
+                                    ]);
+                                    b[at..at + 4]
+                                        .copy_from_slice(&special_u32(&mut rng, old).to_le_bytes());
                                 }
                             }
                         }
@@ -271,5 +311,8 @@ fn mutated_series_never_panic_hang_or_allocate_beyond_a_bound() {
     }
     // both outcomes occur: the mutations reach the checks and do not only break files
     eprintln!("{CASES} cases: {read} read, {refused} refused");
-    assert!(read > CASES / 50 && refused > CASES / 5, "{read} read, {refused} refused");
+    assert!(
+        read > CASES / 50 && refused > CASES / 5,
+        "{read} read, {refused} refused"
+    );
 }

@@ -61,7 +61,13 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     let diff = a
         .iter()
         .zip(b)
-        .map(|(x, y)| if x.is_finite() && y.is_finite() { (x - y).abs() } else { f32::INFINITY })
+        .map(|(x, y)| {
+            if x.is_finite() && y.is_finite() {
+                (x - y).abs()
+            } else {
+                f32::INFINITY
+            }
+        })
         .fold(0.0f32, f32::max);
     diff / scale
 }
@@ -105,10 +111,16 @@ fn same_on_both<const D: usize, const O: usize>(
     let (oc, gc) = run_on(&cpu(), &inputs, f);
     let (og, gg) = run_on(&gpu(), &inputs, f);
     let e = rel_err(&oc, &og);
-    assert!(e <= tol, "{name}: forward differs by {e:.2e} (tolerance {tol:.0e})");
+    assert!(
+        e <= tol,
+        "{name}: forward differs by {e:.2e} (tolerance {tol:.0e})"
+    );
     for (i, (a, b)) in gc.iter().zip(&gg).enumerate() {
         let e = rel_err(a, b);
-        assert!(e <= tol, "{name}: gradient of input {i} differs by {e:.2e} (tolerance {tol:.0e})");
+        assert!(
+            e <= tol,
+            "{name}: gradient of input {i} differs by {e:.2e} (tolerance {tol:.0e})"
+        );
     }
 }
 
@@ -117,53 +129,101 @@ const TOL: f32 = 1e-4;
 #[test]
 fn conv3d_3x3x3_padding_1() {
     // W = 16: the CPU runs its direct AVX-512 kernel where the CPU has one
-    same_on_both::<5, 5>("conv3d k3 p1", &[&[1, 4, 6, 8, 16], &[6, 4, 3, 3, 3], &[1, 1, 1, 1, 6]], TOL, &|v| {
-        let mut v = v.into_iter();
-        let (x, w, b) = (v.next().unwrap(), v.next().unwrap(), v.next().unwrap());
-        let b1: Tensor<1> = b.reshape([6]);
-        conv3d(x, w, Some(b1), ConvOptions::new([1, 1, 1], [1, 1, 1], [1, 1, 1], 1))
-    });
+    same_on_both::<5, 5>(
+        "conv3d k3 p1",
+        &[&[1, 4, 6, 8, 16], &[6, 4, 3, 3, 3], &[1, 1, 1, 1, 6]],
+        TOL,
+        &|v| {
+            let mut v = v.into_iter();
+            let (x, w, b) = (v.next().unwrap(), v.next().unwrap(), v.next().unwrap());
+            let b1: Tensor<1> = b.reshape([6]);
+            conv3d(
+                x,
+                w,
+                Some(b1),
+                ConvOptions::new([1, 1, 1], [1, 1, 1], [1, 1, 1], 1),
+            )
+        },
+    );
 }
 
 #[test]
 fn conv3d_odd_width_and_pointwise() {
-    same_on_both::<5, 5>("conv3d k3 p1, W = 7", &[&[1, 3, 5, 6, 7], &[5, 3, 3, 3, 3]], TOL, &|v| {
-        let mut v = v.into_iter();
-        let (x, w) = (v.next().unwrap(), v.next().unwrap());
-        conv3d(x, w, None, ConvOptions::new([1, 1, 1], [1, 1, 1], [1, 1, 1], 1))
-    });
-    same_on_both::<5, 5>("conv3d k1", &[&[2, 6, 4, 4, 4], &[3, 6, 1, 1, 1]], TOL, &|v| {
-        let mut v = v.into_iter();
-        let (x, w) = (v.next().unwrap(), v.next().unwrap());
-        conv3d(x, w, None, ConvOptions::new([1, 1, 1], [0, 0, 0], [1, 1, 1], 1))
-    });
+    same_on_both::<5, 5>(
+        "conv3d k3 p1, W = 7",
+        &[&[1, 3, 5, 6, 7], &[5, 3, 3, 3, 3]],
+        TOL,
+        &|v| {
+            let mut v = v.into_iter();
+            let (x, w) = (v.next().unwrap(), v.next().unwrap());
+            conv3d(
+                x,
+                w,
+                None,
+                ConvOptions::new([1, 1, 1], [1, 1, 1], [1, 1, 1], 1),
+            )
+        },
+    );
+    same_on_both::<5, 5>(
+        "conv3d k1",
+        &[&[2, 6, 4, 4, 4], &[3, 6, 1, 1, 1]],
+        TOL,
+        &|v| {
+            let mut v = v.into_iter();
+            let (x, w) = (v.next().unwrap(), v.next().unwrap());
+            conv3d(
+                x,
+                w,
+                None,
+                ConvOptions::new([1, 1, 1], [0, 0, 0], [1, 1, 1], 1),
+            )
+        },
+    );
 }
 
 #[test]
 fn conv3d_strided_patch_embedding() {
-    same_on_both::<5, 5>("conv3d k2 s2", &[&[1, 1, 8, 8, 8], &[4, 1, 2, 2, 2], &[1, 1, 1, 1, 4]], TOL, &|v| {
-        let mut v = v.into_iter();
-        let (x, w, b) = (v.next().unwrap(), v.next().unwrap(), v.next().unwrap());
-        conv3d(x, w, Some(b.reshape([4])), ConvOptions::new([2, 2, 2], [0, 0, 0], [1, 1, 1], 1))
-    });
+    same_on_both::<5, 5>(
+        "conv3d k2 s2",
+        &[&[1, 1, 8, 8, 8], &[4, 1, 2, 2, 2], &[1, 1, 1, 1, 4]],
+        TOL,
+        &|v| {
+            let mut v = v.into_iter();
+            let (x, w, b) = (v.next().unwrap(), v.next().unwrap(), v.next().unwrap());
+            conv3d(
+                x,
+                w,
+                Some(b.reshape([4])),
+                ConvOptions::new([2, 2, 2], [0, 0, 0], [1, 1, 1], 1),
+            )
+        },
+    );
 }
 
 #[test]
 fn upsampling_pointwise_and_depth_to_space() {
     use burn::nn::conv::ConvTranspose3dConfig;
     // the weight is an input (its gradient compared); the bias a fixed constant
-    same_on_both::<5, 5>("upsample2", &[&[1, 6, 3, 4, 5], &[6, 4, 2, 2, 2]], TOL, &|v| {
-        let mut v = v.into_iter();
-        let (x, w) = (v.next().unwrap(), v.next().unwrap());
-        let device = x.device();
-        let mut up = ConvTranspose3dConfig::new([6, 4], [2, 2, 2])
-            .with_stride([2, 2, 2])
-            .init(&device);
-        up.weight = Param::from_tensor(w);
-        let bias = Tensor::<1>::from_data(TensorData::new(vec![0.5f32, -0.25, 0.125, 1.0], [4]), &device);
-        up.bias = Some(Param::from_tensor(bias));
-        upsample2(&up, x)
-    });
+    same_on_both::<5, 5>(
+        "upsample2",
+        &[&[1, 6, 3, 4, 5], &[6, 4, 2, 2, 2]],
+        TOL,
+        &|v| {
+            let mut v = v.into_iter();
+            let (x, w) = (v.next().unwrap(), v.next().unwrap());
+            let device = x.device();
+            let mut up = ConvTranspose3dConfig::new([6, 4], [2, 2, 2])
+                .with_stride([2, 2, 2])
+                .init(&device);
+            up.weight = Param::from_tensor(w);
+            let bias = Tensor::<1>::from_data(
+                TensorData::new(vec![0.5f32, -0.25, 0.125, 1.0], [4]),
+                &device,
+            );
+            up.bias = Some(Param::from_tensor(bias));
+            upsample2(&up, x)
+        },
+    );
 }
 
 #[test]
@@ -184,10 +244,15 @@ fn instance_norm_with_and_without_leaky_relu() {
 
 #[test]
 fn residual_add_and_leaky_relu() {
-    same_on_both::<5, 5>("add + lrelu", &[&[2, 3, 4, 4, 5], &[2, 3, 4, 4, 5]], TOL, &|v| {
-        let mut v = v.into_iter();
-        add_lrelu(v.next().unwrap(), v.next().unwrap(), 0.01)
-    });
+    same_on_both::<5, 5>(
+        "add + lrelu",
+        &[&[2, 3, 4, 4, 5], &[2, 3, 4, 4, 5]],
+        TOL,
+        &|v| {
+            let mut v = v.into_iter();
+            add_lrelu(v.next().unwrap(), v.next().unwrap(), 0.01)
+        },
+    );
 }
 
 #[test]
@@ -209,7 +274,12 @@ fn windowed_attention_with_bias_and_mask() {
         TOL,
         &|v| {
             let mut v = v.into_iter();
-            let (q, k, vv, bias) = (v.next().unwrap(), v.next().unwrap(), v.next().unwrap(), v.next().unwrap());
+            let (q, k, vv, bias) = (
+                v.next().unwrap(),
+                v.next().unwrap(),
+                v.next().unwrap(),
+                v.next().unwrap(),
+            );
             let m = Tensor::<3>::from_data(mask.clone(), &q.device()).mul_scalar(3.0);
             window_attention(q, k, vv, 2, 0.5, Some(bias), Some(m))
         },
@@ -222,7 +292,9 @@ fn class_softmax_and_loss_terms() {
     // a fixed one-hot target of 4 classes
     let labels: Vec<u8> = (0..2 * 4 * 4 * 4).map(|i| ((i * 7) % 4) as u8).collect();
     let onehot = |d: &Device| rlu2net::loss::one_hot(&labels, 2, 4, [4, 4, 4], d);
-    same_on_both::<5, 5>("class softmax", &[&[2, 4, 4, 4, 4]], TOL, &|v| softmax(v.into_iter().next().unwrap(), 1));
+    same_on_both::<5, 5>("class softmax", &[&[2, 4, 4, 4, 4]], TOL, &|v| {
+        softmax(v.into_iter().next().unwrap(), 1)
+    });
     same_on_both::<5, 1>("dice loss", &[&[2, 4, 4, 4, 4]], TOL, &|v| {
         let x = v.into_iter().next().unwrap();
         let t = onehot(&x.device());
@@ -233,11 +305,16 @@ fn class_softmax_and_loss_terms() {
         let t = onehot(&x.device());
         ce_loss(x, t)
     });
-    same_on_both::<5, 1>("InfoNCE + cosine", &[&[2, 6, 4, 4, 4], &[2, 6, 4, 4, 4]], TOL, &|v| {
-        let mut v = v.into_iter();
-        let (nce, cos) = align_terms(v.next().unwrap(), v.next().unwrap(), 2, 0.1);
-        nce + cos
-    });
+    same_on_both::<5, 1>(
+        "InfoNCE + cosine",
+        &[&[2, 6, 4, 4, 4], &[2, 6, 4, 4, 4]],
+        TOL,
+        &|v| {
+            let mut v = v.into_iter();
+            let (nce, cos) = align_terms(v.next().unwrap(), v.next().unwrap(), 2, 0.1);
+            nce + cos
+        },
+    );
 }
 
 /// Every float parameter's gradient, in visiting order.
@@ -285,18 +362,34 @@ fn whole_network_logits_and_every_parameter_gradient() {
     let net = RlU2Net::new(&micro(), &cpu().autodiff());
     let (ct_c, mr_c, g_c) = net_logits_and_grads(&net, &cpu());
     let (ct_g, mr_g, g_g) = net_logits_and_grads(&net, &gpu());
-    assert!(rel_err(&ct_c, &ct_g) <= 1e-3, "CT logits differ by {:.2e}", rel_err(&ct_c, &ct_g));
-    assert!(rel_err(&mr_c, &mr_g) <= 1e-3, "MRI logits differ by {:.2e}", rel_err(&mr_c, &mr_g));
+    assert!(
+        rel_err(&ct_c, &ct_g) <= 1e-3,
+        "CT logits differ by {:.2e}",
+        rel_err(&ct_c, &ct_g)
+    );
+    assert!(
+        rel_err(&mr_c, &mr_g) <= 1e-3,
+        "MRI logits differ by {:.2e}",
+        rel_err(&mr_c, &mr_g)
+    );
     assert_eq!(g_c.len(), g_g.len());
     let mut with_grad = 0;
     for (i, (a, b)) in g_c.iter().zip(&g_g).enumerate() {
-        assert_eq!(a.is_empty(), b.is_empty(), "parameter {i}: a gradient on one device only");
+        assert_eq!(
+            a.is_empty(),
+            b.is_empty(),
+            "parameter {i}: a gradient on one device only"
+        );
         if a.is_empty() {
             continue;
         }
         with_grad += 1;
         let e = rel_err(a, b);
-        assert!(e <= 2e-3, "parameter {i} ({} values): gradient differs by {e:.2e}", a.len());
+        assert!(
+            e <= 2e-3,
+            "parameter {i} ({} values): gradient differs by {e:.2e}",
+            a.len()
+        );
     }
     assert!(with_grad > 50, "only {with_grad} parameters had a gradient");
 }
@@ -383,20 +476,31 @@ fn training_inference_and_checkpoints_agree_across_devices() {
     assert_eq!(lc.len(), lg.len());
     for (i, (a, b)) in lc.iter().zip(&lg).enumerate() {
         let rel = (a - b).abs() / a.abs().max(1e-6);
-        assert!(rel <= 1e-3, "step {i}: loss {a} on the CPU, {b} on the GPU ({rel:.2e} relative)");
+        assert!(
+            rel <= 1e-3,
+            "step {i}: loss {a} on the CPU, {b} on the GPU ({rel:.2e} relative)"
+        );
     }
     // the CPU-trained checkpoint on the GPU and the GPU-trained one on the CPU
     for run in &runs {
         let on_cpu = labels_of(run, cpu(), &data);
         let on_gpu = labels_of(run, gpu(), &data);
         let a = agreement(&on_cpu, &on_gpu);
-        assert!(a >= 0.999, "{}: labels agree on {:.4}% of voxels", run.display(), 100.0 * a);
+        assert!(
+            a >= 0.999,
+            "{}: labels agree on {:.4}% of voxels",
+            run.display(),
+            100.0 * a
+        );
     }
 }
 
 #[test]
 fn a_wrong_gpu_index_is_an_error_not_a_panic() {
     let n = rlu2net::device::adapters().len();
-    let e = select(Backend::Gpu(Some(n + 3))).err().expect("refused").to_string();
+    let e = select(Backend::Gpu(Some(n + 3)))
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(e.contains("no adapter"), "{e}");
 }

@@ -129,8 +129,16 @@ fn infer_batch(a: &InferArgs, p: &Predictor, dir: &Path, out: &Path) -> anyhow::
         "{} of {} cases predicted{}{}, {} failed; wrote {} files to {}",
         report.predicted,
         report.assigned,
-        if part.count > 1 { format!(" (part {} of {})", part.id, part.count) } else { String::new() },
-        if a.resume { format!(", {} already complete", report.already_done) } else { String::new() },
+        if part.count > 1 {
+            format!(" (part {} of {})", part.id, part.count)
+        } else {
+            String::new()
+        },
+        if a.resume {
+            format!(", {} already complete", report.already_done)
+        } else {
+            String::new()
+        },
         report.failures.len(),
         report.written.len(),
         out.display()
@@ -145,7 +153,7 @@ fn infer_batch(a: &InferArgs, p: &Predictor, dir: &Path, out: &Path) -> anyhow::
     }
     eprintln!("failed cases (also in {}):", failures.display());
     for f in &report.failures {
-        eprintln!("  {}: {}", f.cases.join(" + "), f.error);
+        eprintln!("  {}: {}", f.case, f.error);
     }
     anyhow::bail!(
         "{} of {} cases failed (listed above and in {})",

@@ -65,21 +65,22 @@ pub struct BatchOptions {
     pub part: Part,
 }
 
-/// One case (a CT/MRI pair or a single volume) that could not be predicted.
+/// One case (one image) that could not be predicted.
 #[derive(Clone, Debug, Serialize)]
 pub struct Failure {
-    pub cases: Vec<String>,
-    pub inputs: Vec<PathBuf>,
+    pub case: String,
+    pub input: PathBuf,
     pub error: String,
 }
 
 #[derive(Debug, Default)]
 pub struct BatchReport {
     pub written: Vec<PathBuf>,
-    /// Pairs (or single volumes) in this part.
+    /// Images (cases) in this part.
     pub assigned: usize,
     pub predicted: usize,
-    /// Skipped because their outputs were already there (`resume`).
+    /// Skipped because their outputs were already there (`resume`; a CT/MRI pair is
+    /// skipped only whole, since each one's prediction uses the other).
     pub already_done: usize,
     pub failures: Vec<Failure>,
 }
@@ -123,7 +124,10 @@ pub fn predict_batch(
         .filter(|&i| opts.part.holds(i))
         .collect();
     let mut report = BatchReport {
-        assigned: units.len(),
+        assigned: units
+            .iter()
+            .map(|&i| usize::from(i < ct.len()) + usize::from(i < mr.len()))
+            .sum(),
         ..BatchReport::default()
     };
     let bars = Bars::new(units.len() as u64, opts.show_progress);
@@ -136,60 +140,90 @@ pub fn predict_batch(
             .flat_map(|c| outputs_of(c, out, opts.probabilities))
             .collect();
         if opts.resume && outputs.iter().all(|o| o.is_file()) {
-            report.already_done += 1;
+            report.already_done += cases.len();
             bars.cases.inc(1);
             continue;
         }
         bars.cases.set_message(names.join(" + "));
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            predict_unit(p, pair, out, opts, &bars, &mut each)
-        }))
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Err(anyhow::anyhow!("internal error (a panic: {what}); please report it"))
-        });
+        // each image is read on its own: a bad one leaves its partner to be predicted alone
+        let mut inputs: [Option<Input>; 2] = [None, None];
+        let mut failed: Vec<(&Case, anyhow::Error)> = Vec::new();
+        for (slot, m) in [(0, Modality::Ct), (1, Modality::Mr)] {
+            if let Some(c) = pair[slot] {
+                match guarded(|| p.prepare(&c.image, m)) {
+                    Ok(x) => inputs[slot] = Some(x),
+                    Err(e) => failed.push((c, e)),
+                }
+            }
+        }
+        if !failed.is_empty() && opts.fail_fast {
+            let (c, e) = failed.remove(0);
+            return Err(e.context(c.name()));
+        }
+        if inputs.iter().any(Option::is_some) {
+            let predicted =
+                guarded(|| predict_inputs(p, pair, &inputs, out, opts, &bars, &mut each));
+            match predicted {
+                Ok(written) => {
+                    report.written.extend(written);
+                    report.predicted += inputs.iter().flatten().count();
+                }
+                Err(e) if opts.fail_fast => return Err(e.context(names.join(" + "))),
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    for (slot, x) in inputs.iter().enumerate() {
+                        if let (Some(c), Some(_)) = (pair[slot], x) {
+                            failed.push((c, anyhow::anyhow!("{e}")));
+                        }
+                    }
+                }
+            }
+        }
         bars.cases.inc(1);
-        match result {
-            Ok(written) => {
-                report.written.extend(written);
-                report.predicted += 1;
-            }
-            Err(e) if opts.fail_fast => return Err(e.context(names.join(" + "))),
-            Err(e) => {
-                let error = format!("{e:#}").replace('\n', " ");
-                bars.cases.println(format!("failed: {}: {error}", names.join(" + ")));
-                report.failures.push(Failure {
-                    cases: names,
-                    inputs: cases.iter().map(|c| c.image.clone()).collect(),
-                    error,
-                });
-            }
+        for (c, e) in failed {
+            let error = format!("{e:#}").replace('\n', " ");
+            bars.cases.println(format!("failed: {}: {error}", c.name()));
+            report.failures.push(Failure {
+                case: c.name(),
+                input: c.image.clone(),
+                error,
+            });
         }
     }
     bars.cases.finish_and_clear();
     Ok(report)
 }
 
-fn predict_unit(
+/// `f`, with a panic turned into an error (a bug must not end a night's batch).
+fn guarded<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(anyhow::anyhow!(
+            "internal error (a panic: {what}); please report it"
+        ))
+    })
+}
+
+/// Predict the inputs read (a pair in one tiling, or one alone) and write them.
+fn predict_inputs(
     p: &Predictor,
-    cases: [Option<&Case>; 2],
+    pair: [Option<&Case>; 2],
+    inputs: &[Option<Input>; 2],
     out: &Path,
     opts: &BatchOptions,
     bars: &Bars,
     each: &mut impl FnMut(&Case, &Input, &Prediction) -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<PathBuf>> {
-    let [ct, mr] = cases;
-    let ci = ct.map(|c| p.prepare(&c.image, Modality::Ct)).transpose()?;
-    let mi = mr.map(|c| p.prepare(&c.image, Modality::Mr)).transpose()?;
+    let [ci, mi] = inputs;
     let windows = bars.windows(p.window_total(ci.as_ref(), mi.as_ref()));
     let preds = p.predict_any(ci.as_ref(), mi.as_ref(), &windows);
     windows.finish_and_clear();
     let mut written = Vec::new();
-    for ((case, input), pred) in [(ct, &ci), (mr, &mi)].into_iter().zip(preds) {
+    for ((case, input), pred) in pair.into_iter().zip(inputs).zip(preds) {
         if let (Some(c), Some(x), Some(pred)) = (case, input, pred) {
             let path = &outputs_of(c, out, false)[0];
             written.extend(write_prediction(path, &pred, opts.probabilities)?);
@@ -260,12 +294,22 @@ mod tests {
         for count in 1..6 {
             let parts: Vec<Part> = (0..count).map(|k| Part::new(count, k).unwrap()).collect();
             for i in 0..50 {
-                assert_eq!(parts.iter().filter(|p| p.holds(i)).count(), 1, "{count} parts, index {i}");
+                assert_eq!(
+                    parts.iter().filter(|p| p.holds(i)).count(),
+                    1,
+                    "{count} parts, index {i}"
+                );
             }
         }
         assert!(Part::new(2, 2).is_err());
         assert!(Part::new(0, 0).is_err());
-        assert_eq!(Part::new(4, 1).unwrap().file_name("failures", "json"), "failures.part-1-of-4.json");
-        assert_eq!(Part::default().file_name("failures", "json"), "failures.json");
+        assert_eq!(
+            Part::new(4, 1).unwrap().file_name("failures", "json"),
+            "failures.part-1-of-4.json"
+        );
+        assert_eq!(
+            Part::default().file_name("failures", "json"),
+            "failures.json"
+        );
     }
 }

@@ -24,8 +24,18 @@ pub fn stored(k: usize, r: usize, c: usize) -> i16 {
 /// One axial CT slice (k-th, 2.5 mm apart) as an object, before `edit`.
 pub fn slice_object(k: usize, edit: &dyn Fn(&mut InMemDicomObject)) -> InMemDicomObject {
     let mut o = InMemDicomObject::new_empty();
-    put(&mut o, tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.2");
-    put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, format!("1.2.3.7.{k}"));
+    put(
+        &mut o,
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        "1.2.840.10008.5.1.4.1.1.2",
+    );
+    put(
+        &mut o,
+        tags::SOP_INSTANCE_UID,
+        VR::UI,
+        format!("1.2.3.7.{k}"),
+    );
     put(&mut o, tags::MODALITY, VR::CS, "CT");
     put(&mut o, tags::PATIENT_NAME, VR::PN, "Test^Hostile");
     put(&mut o, tags::PATIENT_ID, VR::LO, "H1");
@@ -33,21 +43,43 @@ pub fn slice_object(k: usize, edit: &dyn Fn(&mut InMemDicomObject)) -> InMemDico
     put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.6");
     put(&mut o, tags::FRAME_OF_REFERENCE_UID, VR::UI, "1.2.3.5");
     let ds = |v: &[f64]| PrimitiveValue::Strs(v.iter().map(|x| format!("{x}")).collect());
-    put(&mut o, tags::IMAGE_POSITION_PATIENT, VR::DS, ds(&[-5.0, -6.0, 2.5 * k as f64]));
-    put(&mut o, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, ds(&[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]));
+    put(
+        &mut o,
+        tags::IMAGE_POSITION_PATIENT,
+        VR::DS,
+        ds(&[-5.0, -6.0, 2.5 * k as f64]),
+    );
+    put(
+        &mut o,
+        tags::IMAGE_ORIENTATION_PATIENT,
+        VR::DS,
+        ds(&[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+    );
     put(&mut o, tags::PIXEL_SPACING, VR::DS, ds(&[0.8, 0.9]));
     put(&mut o, tags::RESCALE_SLOPE, VR::DS, "1");
     put(&mut o, tags::RESCALE_INTERCEPT, VR::DS, "-1024");
     put(&mut o, tags::ROWS, VR::US, ROWS as u16);
     put(&mut o, tags::COLUMNS, VR::US, COLS as u16);
     put(&mut o, tags::SAMPLES_PER_PIXEL, VR::US, 1u16);
-    put(&mut o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+    put(
+        &mut o,
+        tags::PHOTOMETRIC_INTERPRETATION,
+        VR::CS,
+        "MONOCHROME2",
+    );
     put(&mut o, tags::BITS_ALLOCATED, VR::US, 16u16);
     put(&mut o, tags::BITS_STORED, VR::US, 16u16);
     put(&mut o, tags::HIGH_BIT, VR::US, 15u16);
     put(&mut o, tags::PIXEL_REPRESENTATION, VR::US, 1u16);
-    let px: Vec<i16> = (0..ROWS * COLS).map(|i| stored(k, i / COLS, i % COLS)).collect();
-    put(&mut o, tags::PIXEL_DATA, VR::OW, PrimitiveValue::I16(px.into()));
+    let px: Vec<i16> = (0..ROWS * COLS)
+        .map(|i| stored(k, i / COLS, i % COLS))
+        .collect();
+    put(
+        &mut o,
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::I16(px.into()),
+    );
     edit(&mut o);
     o
 }

@@ -151,9 +151,10 @@ pub fn frames_of(files: &[DicomFile]) -> Result<Vec<Frame>, VolumeError> {
                         "no usable PixelSpacing (0028,0030){frame_note}: positive row and column spacing needed"
                     ))
                 })?;
-            let slope = rescale(obj, tags::RESCALE_SLOPE, slope, 1.0).map_err(|p| err(format!("{p}{frame_note}")))?;
-            let intercept =
-                rescale(obj, tags::RESCALE_INTERCEPT, intercept, 0.0).map_err(|p| err(format!("{p}{frame_note}")))?;
+            let slope = rescale(obj, tags::RESCALE_SLOPE, slope, 1.0)
+                .map_err(|p| err(format!("{p}{frame_note}")))?;
+            let intercept = rescale(obj, tags::RESCALE_INTERCEPT, intercept, 0.0)
+                .map_err(|p| err(format!("{p}{frame_note}")))?;
             out.push(Frame {
                 file: fi,
                 frame: k as u32,
@@ -182,7 +183,12 @@ const MAX_COMPRESSION_RATIO: u64 = 1000;
 /// BitsAllocated within [`MAX_VOXELS_PER_FILE`] and within the pixel data present
 /// (native: at least that many bytes; encapsulated: a fragment per frame and a
 /// compression ratio of at most 1000).
-fn pixel_module(obj: &InMemDicomObject, rows: usize, cols: usize, frames: usize) -> Result<(), String> {
+fn pixel_module(
+    obj: &InMemDicomObject,
+    rows: usize,
+    cols: usize,
+    frames: usize,
+) -> Result<(), String> {
     if let Some(pi) = string(obj, tags::PHOTOMETRIC_INTERPRETATION)
         && pi != "MONOCHROME1"
         && pi != "MONOCHROME2"
@@ -193,7 +199,9 @@ fn pixel_module(obj: &InMemDicomObject, rows: usize, cols: usize, frames: usize)
     }
     let bits = uint(obj, tags::BITS_ALLOCATED).ok_or("no usable BitsAllocated (0028,0100)")?;
     if ![8, 16, 32].contains(&bits) {
-        return Err(format!("BitsAllocated {bits}: only 8, 16 or 32 bits per pixel are read"));
+        return Err(format!(
+            "BitsAllocated {bits}: only 8, 16 or 32 bits per pixel are read"
+        ));
     }
     let voxels = (rows as u64)
         .checked_mul(cols as u64)
@@ -226,7 +234,10 @@ fn pixel_module(obj: &InMemDicomObject, rows: usize, cols: usize, frames: usize)
             }
         }
         None => {
-            let present = pixels.value().primitive().map_or(0, |p| p.calculate_byte_len()) as u64;
+            let present = pixels
+                .value()
+                .primitive()
+                .map_or(0, |p| p.calculate_byte_len()) as u64;
             if present < need {
                 return Err(format!(
                     "its pixel data holds {present} bytes, but Rows {rows} × Columns {cols} × NumberOfFrames {frames} × {bits} bits need {need}"
@@ -238,8 +249,17 @@ fn pixel_module(obj: &InMemDicomObject, rows: usize, cols: usize, frames: usize)
 }
 
 /// RescaleSlope / RescaleIntercept: `default` when absent, else one finite number.
-fn rescale(obj: &InMemDicomObject, tag: Tag, parsed: Option<Vec<f64>>, default: f64) -> Result<f64, String> {
-    let name = if tag == tags::RESCALE_SLOPE { "RescaleSlope (0028,1053)" } else { "RescaleIntercept (0028,1052)" };
+fn rescale(
+    obj: &InMemDicomObject,
+    tag: Tag,
+    parsed: Option<Vec<f64>>,
+    default: f64,
+) -> Result<f64, String> {
+    let name = if tag == tags::RESCALE_SLOPE {
+        "RescaleSlope (0028,1053)"
+    } else {
+        "RescaleIntercept (0028,1052)"
+    };
     match parsed {
         Some(v) if v.len() == 1 && v[0].is_finite() => Ok(v[0]),
         Some(v) => Err(format!("{name} {v:?} is not one finite number")),

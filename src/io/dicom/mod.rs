@@ -164,7 +164,9 @@ fn monochrome1(files: &[DicomFile]) -> Result<bool, VolumeError> {
 fn invert(data: &mut Array3<f32>) {
     let (lo, hi) = data
         .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| {
+            (l.min(x), h.max(x))
+        });
     data.mapv_inplace(|x| lo + hi - x);
 }
 

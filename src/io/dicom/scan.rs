@@ -136,7 +136,10 @@ fn tag_text(t: Tag) -> String {
 /// VRs with a 2-byte reserved field and a 4-byte length in explicit VR.
 fn long_vr(vr: VR) -> bool {
     use VR::*;
-    matches!(vr, OB | OD | OF | OL | OV | OW | SQ | SV | UC | UN | UR | UT | UV)
+    matches!(
+        vr,
+        OB | OD | OF | OL | OV | OW | SQ | SV | UC | UN | UR | UT | UV
+    )
 }
 
 /// The element header at `pos` (its value length checked against `limit`, except an
@@ -153,15 +156,18 @@ fn header(b: &[u8], pos: usize, enc: Encoding, limit: usize) -> Result<Header, S
     } else {
         let code = [b[pos + 4], b[pos + 5]];
         let vr = VR::from_binary(code).ok_or_else(|| {
-                format!(
-                    "element {} at byte {pos} has an invalid VR {:?}",
-                    tag_text(tag),
-                    String::from_utf8_lossy(&code)
-                )
-            })?;
+            format!(
+                "element {} at byte {pos} has an invalid VR {:?}",
+                tag_text(tag),
+                String::from_utf8_lossy(&code)
+            )
+        })?;
         if long_vr(vr) {
             if pos + 12 > limit {
-                return Err(format!("truncated: the header of {} at byte {pos}", tag_text(tag)));
+                return Err(format!(
+                    "truncated: the header of {} at byte {pos}",
+                    tag_text(tag)
+                ));
             }
             (Some(vr), u32_at(b, pos + 8, enc), 12)
         } else {
@@ -195,7 +201,9 @@ fn walk(b: &[u8], start: usize, enc: Encoding) -> Result<(), String> {
                 break;
             }
             if pos > end {
-                return Err(format!("an element overruns its item or sequence (byte {pos}, the container ends at {end})"));
+                return Err(format!(
+                    "an element overruns its item or sequence (byte {pos}, the container ends at {end})"
+                ));
             }
             stack.pop();
         }
@@ -215,20 +223,28 @@ fn walk(b: &[u8], start: usize, enc: Encoding) -> Result<(), String> {
             match (h.tag.1, cur.map(|o| o.kind)) {
                 (0xE000, Some(Kind::Fragments)) => {
                     if h.len == UNDEFINED {
-                        return Err(format!("a pixel data fragment at byte {pos} has an undefined length"));
+                        return Err(format!(
+                            "a pixel data fragment at byte {pos} has an undefined length"
+                        ));
                     }
                     pos = value_end(&h);
                 }
                 (0xE000, Some(Kind::Seq)) => {
                     let end = (h.len != UNDEFINED).then(|| value_end(&h));
-                    stack.push(Open { kind: Kind::Item, end, enc: enc_here });
+                    stack.push(Open {
+                        kind: Kind::Item,
+                        end,
+                        enc: enc_here,
+                    });
                     pos += h.size;
                 }
                 (0xE00D, Some(Kind::Item)) if cur.is_some_and(|o| o.end.is_none()) => {
                     stack.pop();
                     pos += h.size;
                 }
-                (0xE0DD, Some(Kind::Seq | Kind::Fragments)) if cur.is_some_and(|o| o.end.is_none()) => {
+                (0xE0DD, Some(Kind::Seq | Kind::Fragments))
+                    if cur.is_some_and(|o| o.end.is_none()) =>
+                {
                     stack.pop();
                     pos += h.size;
                 }
@@ -257,9 +273,17 @@ fn walk(b: &[u8], start: usize, enc: Encoding) -> Result<(), String> {
                     "sequences nested deeper than {MAX_DEPTH} levels (at byte {pos})"
                 ));
             }
-            let inner = if h.vr == Some(VR::UN) { Encoding::ImplicitLe } else { enc_here };
+            let inner = if h.vr == Some(VR::UN) {
+                Encoding::ImplicitLe
+            } else {
+                enc_here
+            };
             let end = (h.len != UNDEFINED).then(|| value_end(&h));
-            stack.push(Open { kind: Kind::Seq, end, enc: inner });
+            stack.push(Open {
+                kind: Kind::Seq,
+                end,
+                enc: inner,
+            });
             pos += h.size;
         } else if h.len == UNDEFINED {
             if !pixel_data {
@@ -268,7 +292,11 @@ fn walk(b: &[u8], start: usize, enc: Encoding) -> Result<(), String> {
                     tag_text(h.tag)
                 ));
             }
-            stack.push(Open { kind: Kind::Fragments, end: None, enc: enc_here });
+            stack.push(Open {
+                kind: Kind::Fragments,
+                end: None,
+                enc: enc_here,
+            });
             pos += h.size;
         } else {
             pos = value_end(&h);
@@ -312,7 +340,9 @@ mod tests {
 
     /// A sequence of undefined length with one undefined-length item around `inner`.
     fn nest(inner: &[u8]) -> Vec<u8> {
-        let mut b = vec![0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF];
+        let mut b = vec![
+            0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ];
         b.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
         b.extend_from_slice(inner);
         b.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
@@ -333,7 +363,9 @@ mod tests {
     #[test]
     fn a_length_beyond_the_file_is_refused() {
         let mut d = el(0x0010, 0x0010, b"LO", b"ab");
-        d.extend([0x10, 0x00, 0x20, 0x00, b'U', b'T', 0, 0, 0xF0, 0xFF, 0xFF, 0xFF]);
+        d.extend([
+            0x10, 0x00, 0x20, 0x00, b'U', b'T', 0, 0, 0xF0, 0xFF, 0xFF, 0xFF,
+        ]);
         let e = check(&file(LE, &d)).unwrap_err();
         assert!(e.contains("claims 4294967280 bytes"), "{e}");
     }
