@@ -183,6 +183,9 @@ fn direct_kernel_gradients_match_the_direct_reference() {
         ([2, 3, 5, 4, 48], [10, 3, 3, 3, 3]),
         ([1, 9, 3, 6, 16], [8, 9, 3, 3, 3]),
         ([1, 1, 4, 3, 32], [3, 1, 3, 3, 3]),
+        // the first convolution of the network's full-resolution block (32³ patches)
+        ([1, 1, 32, 32, 32], [4, 1, 3, 3, 3]),
+        ([1, 4, 16, 16, 32], [4, 4, 3, 3, 3]),
     ] {
         check(&Case {
             x,

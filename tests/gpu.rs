@@ -148,6 +148,27 @@ fn conv3d_3x3x3_padding_1() {
 }
 
 #[test]
+fn conv3d_of_the_full_resolution_input() {
+    // the first convolution of each decoder's full-resolution block: one input channel,
+    // a 32³ patch (the weight gradient sums 32 768 products per value)
+    same_on_both::<5, 5>(
+        "conv3d 1→4 on 32³",
+        &[&[1, 1, 32, 32, 32], &[4, 1, 3, 3, 3]],
+        TOL,
+        &|v| {
+            let mut v = v.into_iter();
+            let (x, w) = (v.next().unwrap(), v.next().unwrap());
+            conv3d(
+                x,
+                w,
+                None,
+                ConvOptions::new([1, 1, 1], [1, 1, 1], [1, 1, 1], 1),
+            )
+        },
+    );
+}
+
+#[test]
 fn conv3d_odd_width_and_pointwise() {
     same_on_both::<5, 5>(
         "conv3d k3 p1, W = 7",

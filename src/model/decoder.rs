@@ -27,9 +27,9 @@ impl ResFusion {
 
     /// `other` is already turned into this branch's pose.
     pub fn forward(&self, own: Tensor<5>, other: Tensor<5>) -> Tensor<5> {
-        let y = self.conv1.forward(Tensor::cat(vec![own.clone(), other], 1));
+        let y = super::conv::forward(&self.conv1, Tensor::cat(vec![own.clone(), other], 1));
         let y = self.norm1.forward_lrelu(y);
-        own + self.norm2.forward(self.conv2.forward(y))
+        own + self.norm2.forward(super::conv::forward(&self.conv2, y))
     }
 }
 
@@ -130,7 +130,7 @@ impl Decoder {
             x = self.ups[i].forward(x, skip);
         }
         x = self.ups[4].forward(x, enc0);
-        self.head.forward(x)
+        super::conv::forward(&self.head, x)
     }
 }
 

@@ -198,10 +198,12 @@ impl ResBlock {
     }
 
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let y = self.norm1.forward_lrelu(self.conv1.forward(x.clone()));
-        let y = self.norm2.forward(self.conv2.forward(y));
+        let y = self
+            .norm1
+            .forward_lrelu(super::conv::forward(&self.conv1, x.clone()));
+        let y = self.norm2.forward(super::conv::forward(&self.conv2, y));
         let res = match (&self.shortcut, &self.norm3) {
-            (Some(c), Some(n)) => n.forward(c.forward(x)),
+            (Some(c), Some(n)) => n.forward(super::conv::forward(c, x)),
             _ => x,
         };
         add_act::add_lrelu(y, res, norm_act::SLOPE)

@@ -4,6 +4,7 @@ pub mod add_act;
 pub mod attn_kernel;
 pub mod cma;
 pub mod config;
+pub mod conv;
 pub mod decoder;
 pub mod flex_op;
 pub mod info;

@@ -1,0 +1,172 @@
+//! The network's 3D convolutions. On the CPU backend: Burn's `Conv3d` as it is (the
+//! fast kernels of the patched flex backend). On other backends (the GPU): the same
+//! convolution cut into slabs along depth (and height), so that no slab has more than
+//! [`MAX_SLAB_VOXELS`] output voxels, with the same result.
+//!
+//! Why: Burn 0.22.1's GPU backend computes a convolution's weight gradient as a
+//! convolution of the input by the output gradient, so that gradient's spatial size is
+//! the kernel size; its direct convolution kernel (cubek-convolution 0.3.1, the one that
+//! runs on Mesa's lavapipe) returns wrong sums once that kernel has more than about
+//! 20 000 elements: the weight gradient of a 3×3×3 convolution on a 32 × 32 × 20 map is
+//! right, on 32 × 32 × 24 it is off by 43 %, on 32³ by 63 % (`tests/gpu.rs`,
+//! `conv3d_of_the_full_resolution_input`). A slab's weight gradient uses only its own
+//! output gradient, and autodiff sums the slabs' gradients, so each stays below the size
+//! that fails. The forward values are identical; the cost is a few slices and one
+//! concatenation per convolution on maps above the limit.
+
+use burn::nn::PaddingConfig3d;
+use burn::nn::conv::Conv3d;
+use burn::prelude::*;
+use burn::tensor::module::conv3d;
+use burn::tensor::ops::ConvOptions;
+
+use super::flex_op;
+
+/// The largest slab (output voxels) a GPU convolution is computed in (2¹⁴: 16 384
+/// passed, 24 576 failed, on lavapipe with Burn 0.22.1).
+pub const MAX_SLAB_VOXELS: usize = 1 << 14;
+
+/// `conv.forward(x)`, in slabs on backends other than the CPU (see the module note).
+pub fn forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
+    let [_, _, d, h, w] = x.dims();
+    let slabs_needed = d * h * w > MAX_SLAB_VOXELS;
+    let explicit = match conv.padding {
+        PaddingConfig3d::Explicit(a, b, c) => Some([a, b, c]),
+        PaddingConfig3d::Valid => Some([0, 0, 0]),
+        _ => None,
+    };
+    match explicit {
+        Some(pad)
+            if slabs_needed
+                && flex_op::place(&x).is_none()
+                && conv.stride == [1, 1, 1]
+                && conv.dilation == [1, 1, 1] =>
+        {
+            in_slabs(conv, x, pad)
+        }
+        _ => conv.forward(x),
+    }
+}
+
+fn zeros_along(x: &Tensor<5>, dim: usize, n: usize) -> Tensor<5> {
+    let mut shape = x.dims();
+    shape[dim] = n;
+    Tensor::zeros(shape, &x.device())
+}
+
+/// Zero padding of `p` on both sides of `dim`.
+fn pad_dim(x: Tensor<5>, dim: usize, p: usize) -> Tensor<5> {
+    if p == 0 {
+        return x;
+    }
+    let z = zeros_along(&x, dim, p);
+    Tensor::cat(vec![z.clone(), x, z], dim)
+}
+
+/// Output ranges of at most `step` along one axis of `n`.
+fn ranges(n: usize, step: usize) -> Vec<(usize, usize)> {
+    (0..n)
+        .step_by(step.max(1))
+        .map(|a| (a, step.max(1).min(n - a)))
+        .collect()
+}
+
+fn in_slabs(conv: &Conv3d, x: Tensor<5>, pad: [usize; 3]) -> Tensor<5> {
+    let [kd, kh, kw] = conv.kernel_size;
+    let [_, _, d, h, w] = x.dims();
+    let (od, oh, ow) = (
+        d + 2 * pad[0] + 1 - kd,
+        h + 2 * pad[1] + 1 - kh,
+        w + 2 * pad[2] + 1 - kw,
+    );
+    // depth and height padded here; width by the convolution itself
+    let xp = pad_dim(pad_dim(x, 2, pad[0]), 3, pad[1]);
+    let rows = (MAX_SLAB_VOXELS / ow.max(1)).max(1);
+    let (slab_h, slab_d) = if oh <= rows {
+        (oh, (rows / oh).max(1))
+    } else {
+        (rows, 1)
+    };
+    let weight = conv.weight.val();
+    let opts = ConvOptions::new([1, 1, 1], [0, 0, pad[2]], [1, 1, 1], conv.groups);
+    let mut planes = Vec::new();
+    for (d0, nd) in ranges(od, slab_d) {
+        let slab = xp.clone().narrow(2, d0, nd + kd - 1);
+        let mut strips = Vec::new();
+        for (h0, nh) in ranges(oh, slab_h) {
+            let piece = slab.clone().narrow(3, h0, nh + kh - 1);
+            strips.push(conv3d(piece, weight.clone(), None, opts.clone()));
+        }
+        planes.push(if strips.len() == 1 {
+            strips.remove(0)
+        } else {
+            Tensor::cat(strips, 3)
+        });
+    }
+    let y = if planes.len() == 1 {
+        planes.remove(0)
+    } else {
+        Tensor::cat(planes, 2)
+    };
+    match &conv.bias {
+        Some(b) => y + b.val().reshape([1, b.val().dims()[0], 1, 1, 1]),
+        None => y,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::conv::Conv3dConfig;
+
+    /// The slabs themselves (forced on the CPU): the same values and gradients as one
+    /// convolution, for a kernel of 3 and of 1, with a bias, and a map that needs both
+    /// depth and height cuts.
+    #[test]
+    fn slabs_equal_one_convolution_with_gradients() {
+        let dev = Device::flex().autodiff();
+        for (k, bias, shape) in [
+            (3, true, [1, 2, 5, 40, 520]),
+            (1, false, [2, 3, 6, 9, 300]),
+            (3, false, [1, 1, 9, 30, 70]),
+        ] {
+            let conv = Conv3dConfig::new([shape[1], 3], [k, k, k])
+                .with_padding(PaddingConfig3d::Explicit(k / 2, k / 2, k / 2))
+                .with_bias(bias)
+                .init(&dev);
+            let x = Tensor::<5>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &dev)
+                .require_grad();
+            let a = conv.forward(x.clone());
+            let b = in_slabs(&conv, x.clone(), [k / 2; 3]);
+            assert_eq!(a.dims(), b.dims());
+            let r =
+                Tensor::<5>::random(a.dims(), burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
+            let ga = (a.clone() * r.clone()).sum().backward();
+            let gb = (b.clone() * r).sum().backward();
+            let vals = |t: Tensor<5>| -> Vec<f32> { t.into_data().iter::<f32>().collect() };
+            let diff = |p: Vec<f32>, q: Vec<f32>| {
+                let s = p.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                p.iter()
+                    .zip(&q)
+                    .map(|(u, v)| (u - v).abs())
+                    .fold(0.0, f32::max)
+                    / s
+            };
+            assert!(diff(vals(a), vals(b)) < 1e-5, "k {k}: forward");
+            let (wa, wb) = (
+                conv.weight.val().grad(&ga).unwrap(),
+                conv.weight.val().grad(&gb).unwrap(),
+            );
+            assert!(diff(vals(wa), vals(wb)) < 1e-4, "k {k}: weight gradient");
+            let (xa, xb) = (x.grad(&ga).unwrap(), x.grad(&gb).unwrap());
+            assert!(diff(vals(xa), vals(xb)) < 1e-5, "k {k}: input gradient");
+        }
+    }
+
+    #[test]
+    fn ranges_cover_the_axis_once() {
+        assert_eq!(ranges(10, 4), vec![(0, 4), (4, 4), (8, 2)]);
+        assert_eq!(ranges(3, 8), vec![(0, 3)]);
+        assert_eq!(ranges(5, 0), vec![(0, 1), (1, 1), (2, 1), (3, 1), (4, 1)]);
+    }
+}
