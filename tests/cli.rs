@@ -224,3 +224,34 @@ fn an_exported_model_file_predicts_byte_identically_to_its_run() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("checksum"), "{err}");
 }
+
+#[test]
+fn device_choice_never_panics() {
+    // `devices` always lists the CPU; a malformed choice is a usage error
+    let out = rlu2net().arg("devices").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("cpu "));
+    let out = rlu2net()
+        .args(["bench", "model", "--device", "gpu:x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use auto, cpu, gpu or gpu:N"));
+    if cfg!(feature = "gpu") {
+        return; // the GPU build's cases are in tests/gpu.rs
+    }
+    // without the feature, --device gpu is one line saying how to get it
+    let out = rlu2net()
+        .args([
+            "bench", "model", "--preset", "tiny", "--runs", "1", "--device", "gpu",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("built without GPU support") && err.contains("--features gpu"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
