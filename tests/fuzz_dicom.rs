@@ -214,6 +214,19 @@ fn read_bounded(path: &Path, what: &str) {
     }));
     let took = t0.elapsed();
     let largest = LARGEST.load(Ordering::Relaxed);
+    if r.is_err() || took >= MAX_TIME || largest > MAX_ALLOC {
+        // keep the input for a rerun: target/fuzz_dicom_failure/
+        let keep = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz_dicom_failure");
+        let _ = std::fs::remove_dir_all(&keep);
+        let _ = std::fs::create_dir_all(&keep);
+        if path.is_dir() {
+            for e in std::fs::read_dir(path).unwrap().flatten() {
+                let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
+            }
+        } else {
+            let _ = std::fs::copy(path, keep.join(path.file_name().unwrap()));
+        }
+    }
     assert!(r.is_ok(), "{what}: the reader panicked");
     assert!(took < MAX_TIME, "{what}: took {took:?}");
     assert!(

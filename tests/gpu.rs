@@ -437,6 +437,17 @@ fn whole_network_logits_and_every_parameter_gradient() {
         );
     }
     assert!(with_grad > 50, "only {with_grad} parameters had a gradient");
+    let worst = g_c
+        .iter()
+        .zip(&g_g)
+        .filter(|(a, _)| !a.is_empty())
+        .map(|(a, b)| rel_err(a, b))
+        .fold(0.0f32, f32::max);
+    eprintln!(
+        "whole network: logits within {:.1e} / {:.1e}, {with_grad} parameter gradients within {worst:.1e}",
+        rel_err(&ct_c, &ct_g),
+        rel_err(&mr_c, &mr_g)
+    );
 }
 
 // ---- training, inference and checkpoints across devices ----
@@ -521,6 +532,7 @@ fn training_inference_and_checkpoints_agree_across_devices() {
     assert_eq!(lc.len(), lg.len());
     for (i, (a, b)) in lc.iter().zip(&lg).enumerate() {
         let rel = (a - b).abs() / a.abs().max(1e-6);
+        eprintln!("step {i}: loss {a:.6} on the CPU, {b:.6} on the GPU ({rel:.1e} relative)");
         assert!(
             rel <= 1e-3,
             "step {i}: loss {a} on the CPU, {b} on the GPU ({rel:.2e} relative)"
@@ -531,6 +543,12 @@ fn training_inference_and_checkpoints_agree_across_devices() {
         let on_cpu = labels_of(run, cpu(), &data);
         let on_gpu = labels_of(run, gpu(), &data);
         let a = agreement(&on_cpu, &on_gpu);
+        eprintln!(
+            "{}: labels agree on {:.4}% of {} voxels",
+            run.display(),
+            100.0 * a,
+            on_cpu.len()
+        );
         assert!(
             a >= 0.999,
             "{}: labels agree on {:.4}% of voxels",

@@ -151,9 +151,19 @@ pub fn frames_of(files: &[DicomFile]) -> Result<Vec<Frame>, VolumeError> {
                         "no usable PixelSpacing (0028,0030){frame_note}: positive row and column spacing needed"
                     ))
                 })?;
-            let slope = rescale(obj, tags::RESCALE_SLOPE, slope, 1.0)
+            // where a RescaleSlope/Intercept that is no number would stand
+            let holders: Vec<&InMemDicomObject> = if enhanced {
+                [Some(per[k]), shared]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|g| first_item(g, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE))
+                    .collect()
+            } else {
+                vec![obj]
+            };
+            let slope = rescale(&holders, tags::RESCALE_SLOPE, slope, 1.0)
                 .map_err(|p| err(format!("{p}{frame_note}")))?;
-            let intercept = rescale(obj, tags::RESCALE_INTERCEPT, intercept, 0.0)
+            let intercept = rescale(&holders, tags::RESCALE_INTERCEPT, intercept, 0.0)
                 .map_err(|p| err(format!("{p}{frame_note}")))?;
             out.push(Frame {
                 file: fi,
@@ -250,7 +260,7 @@ fn pixel_module(
 
 /// RescaleSlope / RescaleIntercept: `default` when absent, else one finite number.
 fn rescale(
-    obj: &InMemDicomObject,
+    holders: &[&InMemDicomObject],
     tag: Tag,
     parsed: Option<Vec<f64>>,
     default: f64,
@@ -264,7 +274,7 @@ fn rescale(
         Some(v) if v.len() == 1 && v[0].is_finite() => Ok(v[0]),
         Some(v) => Err(format!("{name} {v:?} is not one finite number")),
         // present (here or in a functional group) but not a number, or absent
-        None => match string(obj, tag) {
+        None => match holders.iter().find_map(|h| string(h, tag)) {
             Some(text) => Err(format!("{name} {text:?} is not a number")),
             None => Ok(default),
         },

@@ -184,6 +184,23 @@ fn header(b: &[u8], pos: usize, enc: Encoding, limit: usize) -> Result<Header, S
     Ok(Header { tag, vr, len, size })
 }
 
+/// The size of one value of a binary VR: a length that is not a multiple of it makes
+/// the parser read fewer bytes than the header says and lose its place in the stream.
+fn unit_of(vr: VR) -> usize {
+    use VR::*;
+    match vr {
+        US | SS | OW => 2,
+        UL | SL | FL | AT | OF | OL => 4,
+        FD | SV | UV | OD | OV => 8,
+        _ => 1,
+    }
+}
+
+/// The dictionary's VR of a tag (implicit VR data sets).
+fn dictionary_vr(tag: Tag) -> Option<VR> {
+    StandardDataDictionary.by_tag(tag).map(|e| e.vr().relaxed())
+}
+
 fn is_sequence_implicit(tag: Tag) -> bool {
     StandardDataDictionary
         .by_tag(tag)
@@ -267,6 +284,18 @@ fn walk(b: &[u8], start: usize, enc: Encoding) -> Result<(), String> {
             None => h.len == UNDEFINED || is_sequence_implicit(h.tag),
         };
         let pixel_data = h.tag == Tag(0x7FE0, 0x0010);
+        let vr = h.vr.or_else(|| dictionary_vr(h.tag));
+        if let Some(vr) = vr
+            && h.len != UNDEFINED
+            && !(h.len as usize).is_multiple_of(unit_of(vr))
+        {
+            return Err(format!(
+                "element {} at byte {pos} is {vr:?} of {} bytes, not a multiple of {}",
+                tag_text(h.tag),
+                h.len,
+                unit_of(vr)
+            ));
+        }
         if sequence && !(pixel_data && h.len == UNDEFINED) {
             if depth + 1 > MAX_DEPTH {
                 return Err(format!(
@@ -394,6 +423,15 @@ mod tests {
         }
         let stray = file(LE, &[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
         assert!(check(&stray).unwrap_err().contains("misplaced"));
+    }
+
+    #[test]
+    fn a_binary_value_of_a_length_the_parser_cannot_read_whole_is_refused() {
+        // UL of 30 bytes: the parser would read 7 values and lose 2 bytes of the stream
+        let d = el(0x0008, 0x0018, b"UL", &[0u8; 30]);
+        let e = check(&file(LE, &d)).unwrap_err();
+        assert!(e.contains("UL of 30 bytes, not a multiple of 4"), "{e}");
+        check(&file(LE, &el(0x0008, 0x0018, b"UL", &[0u8; 28]))).unwrap();
     }
 
     #[test]
