@@ -119,25 +119,6 @@ pub fn select(backend: Backend) -> anyhow::Result<Selected> {
     }
 }
 
-/// A short name of the backend a choice runs on (no adapter is opened).
-pub fn describe(backend: Backend) -> String {
-    match backend {
-        Backend::Cpu => "cpu (burn flex)".into(),
-        _ if !cfg!(feature = "gpu") => "cpu (burn flex)".into(),
-        _ => match pick(&adapters(), index_of(backend), backend != Backend::Auto) {
-            Ok(a) => gpu_description(a),
-            Err(_) => "cpu (burn flex)".into(),
-        },
-    }
-}
-
-fn index_of(b: Backend) -> Option<usize> {
-    match b {
-        Backend::Gpu(i) => i,
-        _ => None,
-    }
-}
-
 /// The adapter to use: number `index` of the list, or the best one (discrete, then
 /// integrated, virtual, other; a software device only when `software_ok`).
 fn pick(list: &[Adapter], index: Option<usize>, software_ok: bool) -> Result<&Adapter, String> {
@@ -177,13 +158,13 @@ fn names(list: &[Adapter]) -> String {
         .join(", ")
 }
 
-fn gpu_description(a: &Adapter) -> String {
-    format!("gpu (burn wgpu, {} on {}, {})", a.name, a.api, a.driver)
-}
-
 #[cfg(feature = "gpu")]
 mod native {
-    use super::{Adapter, Selected, gpu_description};
+    use super::{Adapter, Selected};
+
+    fn gpu_description(a: &Adapter) -> String {
+        format!("gpu (burn wgpu, {} on {}, {})", a.name, a.api, a.driver)
+    }
     use burn::tensor::Device;
     use burn_dispatch::devices::{WgpuBackend, WgpuDevice, WgpuDeviceKind};
 
@@ -409,6 +390,7 @@ mod tests {
             .expect("refused")
             .to_string();
         assert!(e.contains("--features gpu"), "{e}");
-        assert_eq!(describe(Backend::Auto), "cpu (burn flex)");
+        let auto = select(Backend::Auto).expect("the CPU");
+        assert_eq!(auto.description, "cpu (burn flex)");
     }
 }
