@@ -72,11 +72,12 @@ t0=$(now); "$BIN" bench kernels --device gpu --runs "$RUNS" > "$W/k1.txt" 2>&1; 
 "$BIN" bench kernels --device gpu --runs "$RUNS" > "$W/k2.txt" 2>&1; t2=$(now)
 cat "$W/k2.txt"
 DB=$(find target/environment "${XDG_CACHE_HOME:-$HOME/.cache}/cubecl" -name "*gpucheck$$*" 2>/dev/null | head -1)
-row "autotune cache" "${DB:+written ($(du -k "$DB" | cut -f1) KiB)}${DB:-NOT written}" "bench kernels: $(secs "$t0" "$t1") s first, $(secs "$t1" "$t2") s second"
+if [ -n "$DB" ]; then CACHE="written ($(du -k "$DB" | cut -f1) KiB, $(basename "$DB"))"; else CACHE="NOT written"; fi
+row "autotune cache" "$CACHE" "bench kernels: $(secs "$t0" "$t1") s first, $(secs "$t1" "$t2") s second (reused)"
 while IFS= read -r line; do
-  # `bench kernels` prints the name padded to 62 columns, then the median
-  name=$(echo "${line:0:62}" | xargs)
-  ms=$(echo "${line:62}" | awk '{ print $1 }')
+  # `bench kernels` prints: name, median, runs, separated by two or more spaces
+  name=$(echo "$line" | awk -F '  +' '{ print $1 }')
+  ms=$(echo "$line" | awk -F '  +' '{ print $2 }' | xargs)
   row "kernel: $name" "$ms ms" "median of $RUNS, cache warm"
 done < <(grep -E '^(Conv3d|InstanceNorm|window)' "$W/k2.txt")
 
@@ -89,11 +90,14 @@ MRUNS=3; [ "$QUICK" = 1 ] && MRUNS=1
 # shellcheck disable=SC2086
 "$BIN" bench model --device cpu --preset cpu $CPU_PATCH --runs "$MRUNS" > "$W/m_cpu_cpu.txt" 2>&1; cat "$W/m_cpu_cpu.txt"
 for what in "forward (inference" "forward + backward" "training step"; do
-  row "$BIG: $what" "$(median_of "$what" "$W/m_big.txt") ms" "target (paper, training step): <= 1500 ms"
+  label=$(echo "$what" | sed 's/ (inference//')
+  note="one pair"; [ "$what" = "training step" ] && note="one pair, + AdamW; target for paper: <= 1500 ms"
+  row "$BIG: $label" "$(median_of "$what" "$W/m_big.txt") ms" "$note"
 done
 for what in "forward (inference" "training step"; do
+  label=$(echo "$what" | sed 's/ (inference//')
   g=$(median_of "$what" "$W/m_cpu_gpu.txt"); c=$(median_of "$what" "$W/m_cpu_cpu.txt")
-  row "cpu ${CPU_PATCH:-32³}: $what" "$g ms GPU, $c ms CPU" "$(awk -v g="$g" -v c="$c" 'BEGIN { if (g > 0) printf "%.1fx the CPU (target >= 10x)", c / g }')"
+  row "cpu ${CPU_PATCH:---patch 32}: $label" "$g ms GPU, $c ms CPU" "$(awk -v g="$g" -v c="$c" 'BEGIN { if (g > 0) printf "%.2fx the CPU (target >= 10x)", c / g }')"
 done
 
 # training: steps/s and peak GPU memory
@@ -109,7 +113,7 @@ t0=$(now)
 t1=$(now)
 if [ -n "${SMI:-}" ]; then kill "$SMI" 2>/dev/null; PEAK="$(sort -n "$W/mem.txt" | tail -1) MiB"; fi
 STEPS=$(grep -c '"kind":"step"' "$W/run/metrics.jsonl" 2>/dev/null || echo 0)
-row "train $BIG, $MINUTES min (synth --scale $SCALE)" "$STEPS steps, $(awk -v s="$STEPS" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", s / (b - a) }') steps/s" "peak GPU memory $PEAK; $(tail -1 "$W/train.txt" | cut -c1-80)"
+row "train $BIG, $MINUTES min (synth --scale $SCALE)" "$STEPS steps, $(awk -v s="$STEPS" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", s / (b - a) }') steps/s" "wall time incl. preprocessing and validation; peak GPU memory $PEAK"
 
 echo
 printf '%-44s | %-26s | %s\n' "check" "result" "notes"
