@@ -418,7 +418,23 @@ fn whole_network_logits_and_every_parameter_gradient() {
         rel_err(&mr_c, &mr_g)
     );
     assert_eq!(g_c.len(), g_g.len());
+    // Each gradient's error relative to its own largest value, with a floor of 1 % of the
+    // network's largest gradient: a parameter whose gradient is a sum that nearly cancels
+    // (a norm's shift summed over 32 768 voxels) is as exact in absolute terms as the rest
+    // but not relative to its small self. A wrong kernel (the 51 % error docs/gpu.md
+    // describes) is far outside either bound.
+    let global = g_c.iter().flatten().fold(0.0f32, |m, x| m.max(x.abs()));
+    let err_of = |a: &[f32], b: &[f32]| {
+        let scale = a.iter().fold(0.01 * global, |m, x| m.max(x.abs()));
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        diff / scale
+    };
     let mut with_grad = 0;
+    let mut worst = 0.0f32;
     for (i, (a, b)) in g_c.iter().zip(&g_g).enumerate() {
         assert_eq!(
             a.is_empty(),
@@ -429,20 +445,17 @@ fn whole_network_logits_and_every_parameter_gradient() {
             continue;
         }
         with_grad += 1;
-        let e = rel_err(a, b);
+        let e = err_of(a, b);
+        worst = worst.max(e);
         assert!(
             e <= 2e-3,
-            "parameter {i} ({} values): gradient differs by {e:.2e}",
-            a.len()
+            "parameter {i} ({} values): gradient differs by {e:.2e} (CPU {:?}…, GPU {:?}…)",
+            a.len(),
+            &a[..a.len().min(4)],
+            &b[..b.len().min(4)]
         );
     }
     assert!(with_grad > 50, "only {with_grad} parameters had a gradient");
-    let worst = g_c
-        .iter()
-        .zip(&g_g)
-        .filter(|(a, _)| !a.is_empty())
-        .map(|(a, b)| rel_err(a, b))
-        .fold(0.0f32, f32::max);
     eprintln!(
         "whole network: logits within {:.1e} / {:.1e}, {with_grad} parameter gradients within {worst:.1e}",
         rel_err(&ct_c, &ct_g),
