@@ -1,4 +1,4 @@
-//! The run configuration: one tree, TOML on disk, every default of METHOD.md.
+//! The run configuration: one tree, TOML on disk, every default of docs/method.md.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,5 @@
 //! Which window of the other modality's volume a window is paired with
-//! (METHOD.md §1 and §5): the one whose centre sits at the same normalised
+//! (docs/method.md §1 and §5): the one whose centre sits at the same normalised
 //! position, centre divided by the volume's extent. Training and inference use
 //! this one function, so they fuse the same kind of pair.
 

@@ -1,4 +1,4 @@
-//! Inference (METHOD.md §5): preprocessing with the run's statistics, the
+//! Inference (docs/method.md §5): preprocessing with the run's statistics, the
 //! cross-modal Gaussian sliding-window ensemble, and label maps written on the
 //! input's own grid.
 

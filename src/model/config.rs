@@ -1,4 +1,4 @@
-//! The network's configuration: every switch and default of METHOD.md §2 and §7.
+//! The network's configuration: every switch and default of docs/method.md §2 and §7.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +21,7 @@ pub enum EncoderWeights {
     Separate,
 }
 
-/// What PoseAlign rotates (METHOD.md §2, "Order").
+/// What PoseAlign rotates (docs/method.md §2, "Order").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoseAlignTarget {
@@ -35,7 +35,7 @@ pub enum PoseAlignTarget {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum RotationWeights {
-    /// Equally, as METHOD.md settles it (default).
+    /// Equally, as docs/method.md settles it (default).
     #[default]
     Uniform,
     /// Each by its policy probability, renormalised over the chosen ones. Measured on

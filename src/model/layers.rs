@@ -104,7 +104,7 @@ pub fn plain_layer_norm<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 }
 
 /// Instance normalisation that is the identity on maps of a single voxel, where it
-/// is undefined (METHOD.md §2: the `tiny` bottleneck). A layer built for such a map
+/// is undefined (docs/method.md §2: the `tiny` bottleneck). A layer built for such a map
 /// has no parameters at all, so none is left without a gradient.
 #[derive(Module, Debug)]
 pub struct Norm3d {

@@ -1,4 +1,4 @@
-//! The RL-U²Net network (METHOD.md §2) as Burn modules.
+//! The RL-U²Net network (docs/method.md §2) as Burn modules.
 
 pub mod add_act;
 pub mod attn_kernel;

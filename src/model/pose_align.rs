@@ -146,7 +146,7 @@ pub fn mean_rotated(x: Tensor<5>, rotations: &[SignedPerm], weights: &[f64]) -> 
 /// primary one: the normalised cross-correlation of the two maps, each channel's
 /// spatial mean removed first. Computed without gradient from the module's
 /// inputs (before CMA and fusion), so it depends on the rotation and cannot be
-/// raised by the network making F_aligned copy F_primary (the PPO reward, METHOD.md §3).
+/// raised by the network making F_aligned copy F_primary (the PPO reward, docs/method.md §3).
 ///
 /// What does not depend on the rotation is computed once: a rotation permutes voxels,
 /// so it changes neither a channel's mean

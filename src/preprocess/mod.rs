@@ -1,4 +1,4 @@
-//! Preprocessing (METHOD.md §1): RAS reorientation, resampling to the target
+//! Preprocessing (docs/method.md §1): RAS reorientation, resampling to the target
 //! spacing (images trilinear, labels nearest), and intensity normalisation with
 //! statistics fitted on the training set (CT) or per volume (MRI).
 

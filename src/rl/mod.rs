@@ -1,4 +1,4 @@
-//! PPO agents that learn PoseAlign's rotation policy (METHOD.md §3, eqs 8–13).
+//! PPO agents that learn PoseAlign's rotation policy (docs/method.md §3, eqs 8–13).
 //!
 //! One agent per RL-XAlign module. The actor is the module's θ ∈ R²⁴
 //! (state-independent logits), the critic an MLP 3→64→64→1 (tanh). The agent is
@@ -265,7 +265,7 @@ impl PpoAgent {
     }
 
     /// Record the outcome of the actions taken in the current state: each action is
-    /// its own transition with its own reward (METHOD.md §3, with the alignment term
+    /// its own transition with its own reward (docs/method.md §3, with the alignment term
     /// measured per rotation); then s_t ← s_{t+1}.
     pub fn record(
         &mut self,

@@ -1,4 +1,4 @@
-//! The alignment term of the PPO reward (METHOD.md §3, as changed in
+//! The alignment term of the PPO reward (docs/method.md §3, as changed in
 //! docs/method-notes.md): how well each of the 24 rotations lines up the MRI with
 //! the CT on a probe pair, measured on the plain encoder's features.
 

@@ -1,4 +1,4 @@
-//! `rlu2net train`: the training loop (METHOD.md §1, §3, §4).
+//! `rlu2net train`: the training loop (docs/method.md §1, §3, §4).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
