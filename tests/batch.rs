@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use rlu2net::data::synth::{Scale, SynthOptions, generate};
+#[path = "support/tiny_run.rs"]
+mod tiny_run;
 
 fn rlu2net() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rlu2net"))
@@ -21,29 +22,7 @@ fn stderr(o: &Output) -> String {
 
 /// A small set (4 test pairs) and a tiny model trained for one step.
 fn setup(d: &Path) -> (PathBuf, PathBuf) {
-    let data = d.join("data");
-    let opts = SynthOptions {
-        cases: 2,
-        test_cases: 4,
-        seed: 9,
-        scale: Scale::Small,
-        ..SynthOptions::default()
-    };
-    generate(&opts, &data, &|| {}).unwrap();
-    let cfg = d.join("c.toml");
-    std::fs::write(&cfg, "preset = \"tiny\"\nepochs = 1\nsteps_per_epoch = 1\n").unwrap();
-    let run = d.join("run");
-    let o = rlu2net()
-        .args(["train", "--data"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&run)
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    (data, run)
+    tiny_run::tiny_run(d, 2, 4, 9)
 }
 
 fn batch(run: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {

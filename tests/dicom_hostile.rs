@@ -6,6 +6,8 @@
 
 #[path = "support/dicom.rs"]
 mod support;
+#[path = "support/tiny_run.rs"]
+mod tiny_run;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -141,10 +143,6 @@ fn the_library_refuses_each_case_naming_the_file() {
     }
 }
 
-fn rlu2net() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rlu2net"))
-}
-
 /// `rlu2net ARGS` with the address space limited to 4 GiB.
 fn limited(args: &[&std::ffi::OsStr]) -> (std::process::Output, Duration) {
     let t0 = Instant::now();
@@ -160,34 +158,8 @@ fn limited(args: &[&std::ffi::OsStr]) -> (std::process::Output, Duration) {
 
 #[test]
 fn infer_gives_one_line_errors_under_a_4_gib_address_space() {
-    use rlu2net::data::synth::{Scale, SynthOptions, generate};
     let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("data");
-    let opts = SynthOptions {
-        cases: 2,
-        test_cases: 0,
-        seed: 3,
-        scale: Scale::Small,
-        ..SynthOptions::default()
-    };
-    generate(&opts, &data, &|| {}).unwrap();
-    let cfg = d.path().join("c.toml");
-    std::fs::write(&cfg, "preset = \"tiny\"\nepochs = 1\nsteps_per_epoch = 1\n").unwrap();
-    let run = d.path().join("run");
-    let out = rlu2net()
-        .args(["train", "--data"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&run)
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (_, run) = tiny_run::tiny_run(d.path(), 2, 0, 3);
     let infer = |series: &Path| {
         let o = d.path().join("out.nii.gz");
         limited(&[

@@ -6,13 +6,14 @@
 //! without any single allocation beyond a bound. The cases of
 //! `tests/fixtures/dicom_hostile/` are the regressions (`tests/dicom_hostile.rs`).
 
+#[path = "support/largest_alloc.rs"]
+mod largest_alloc;
+
 #[path = "support/dicom.rs"]
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dicom_core::{DataElement, PrimitiveValue, VR};
@@ -26,26 +27,6 @@ const CASES: usize = 20_000;
 /// No single allocation while reading a mutated series of a few KiB may exceed this.
 const MAX_ALLOC: usize = 16 << 20;
 const MAX_TIME: Duration = Duration::from_secs(2);
-
-struct Counting;
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LARGEST.fetch_max(l.size(), Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        LARGEST.fetch_max(n, Ordering::Relaxed);
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
-#[global_allocator]
-static A: Counting = Counting;
 
 /// The offsets of every element header's length field in a well-formed explicit VR
 /// LE file (meta group and data set, nested items included), and its width.
@@ -207,13 +188,13 @@ fn mutate(rng: &mut impl Rng, seed: &[u8]) -> Vec<u8> {
 }
 
 fn read_bounded(path: &Path, what: &str) {
-    LARGEST.store(0, Ordering::Relaxed);
+    largest_alloc::reset();
     let t0 = Instant::now();
     let r = catch_unwind(AssertUnwindSafe(|| {
         read_series(path).map(|s| s.volume.data.len())
     }));
     let took = t0.elapsed();
-    let largest = LARGEST.load(Ordering::Relaxed);
+    let largest = largest_alloc::largest();
     if r.is_err() || took >= MAX_TIME || largest > MAX_ALLOC {
         // keep the input for a rerun: target/fuzz_dicom_failure/
         let keep = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz_dicom_failure");

@@ -4,9 +4,10 @@
 //! beyond a bound. The files in `tests/fixtures/fuzz/` are inputs that once broke the
 //! reader (kept as regressions).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+#[path = "support/largest_alloc.rs"]
+mod largest_alloc;
+
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ndarray::Array3;
@@ -18,26 +19,6 @@ const CASES_PER_FILE: usize = 1500;
 /// No single allocation while reading a mutated file of a few KiB may exceed this.
 const MAX_ALLOC: usize = 8 << 20;
 const MAX_TIME: Duration = Duration::from_secs(2);
-
-struct Counting;
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LARGEST.fetch_max(l.size(), Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        LARGEST.fetch_max(n, Ordering::Relaxed);
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
-#[global_allocator]
-static A: Counting = Counting;
 
 fn seed_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
@@ -149,13 +130,13 @@ fn mutate(base: &[u8], rng: &mut impl Rng, gz: bool) -> Vec<u8> {
 }
 
 fn check_one(name: &str, bytes: &[u8]) -> bool {
-    LARGEST.store(0, Ordering::Relaxed);
+    largest_alloc::reset();
     let t = Instant::now();
     let r = std::panic::catch_unwind(|| {
         read_nifti_bytes::<f32>(bytes, Path::new(name))
             .map(|(v, _)| v.data.iter().all(|x| x.is_finite()))
     });
-    let (largest, took) = (LARGEST.load(Ordering::Relaxed), t.elapsed());
+    let (largest, took) = (largest_alloc::largest(), t.elapsed());
     let r = r.unwrap_or_else(|_| panic!("{name}: the reader panicked"));
     assert!(
         largest <= MAX_ALLOC,

@@ -87,11 +87,11 @@ pub struct BatchReport {
 
 /// The label file (and probabilities) a case's prediction is written to.
 pub fn outputs_of(case: &Case, out: &Path, probabilities: bool) -> Vec<PathBuf> {
-    let mut v = vec![out.join(format!("{}_label.nii.gz", case.name()))];
-    if probabilities {
-        v.push(out.join(format!("{}_label_probabilities.nii.gz", case.name())));
-    }
-    v
+    let label = out.join(format!("{}_label.nii.gz", case.name()));
+    let probs = probabilities
+        .then(|| super::probabilities_path(&label))
+        .flatten();
+    std::iter::once(label).chain(probs).collect()
 }
 
 /// Predict every `<case>_image` of one split, writing `<case>_label.nii.gz` into

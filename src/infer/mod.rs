@@ -531,17 +531,21 @@ pub fn write_prediction(
     }
     let mut written = vec![path.to_path_buf()];
     if probabilities {
-        let name = path
-            .file_name()
-            .context("file name")?
-            .to_string_lossy()
-            .replace(".nii.gz", "")
-            .replace(".nii", "");
-        let pp = path.with_file_name(format!("{name}_probabilities.nii.gz"));
+        let pp = probabilities_path(path).context("file name")?;
         crate::io::nifti::write_nifti_4d(&pp, &p.probabilities, p.work_spacing, &p.work_affine)?;
         written.push(pp);
     }
     Ok(written)
+}
+
+/// Where a label map's class probabilities go: `X_label.nii.gz` → `X_label_probabilities.nii.gz`.
+pub fn probabilities_path(label: &Path) -> Option<PathBuf> {
+    let name = label
+        .file_name()?
+        .to_string_lossy()
+        .replace(".nii.gz", "")
+        .replace(".nii", "");
+    Some(label.with_file_name(format!("{name}_probabilities.nii.gz")))
 }
 
 /// A progress bar over `n` windows.

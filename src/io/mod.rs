@@ -28,7 +28,8 @@ pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result
         .to_string_lossy()
         .to_string();
     let tmp = dir.join(format!(".{name}.{}.partial", std::process::id()));
-    let r = write_synced(&tmp, bytes).and_then(|_| rename_durably(&tmp, path));
+    // rename_durably flushes the file before the rename: one fsync of the data
+    let r = std::fs::write(&tmp, bytes).and_then(|_| rename_durably(&tmp, path));
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -12,7 +12,9 @@
 //! `conv3d_of_the_full_resolution_input`). A slab's weight gradient uses only its own
 //! output gradient, and autodiff sums the slabs' gradients, so each stays below the size
 //! that fails. The forward values are identical; the cost is a few slices and one
-//! concatenation per convolution on maps above the limit.
+//! concatenation per convolution on maps above the limit. Strided convolutions (the patch
+//! embedding) go the same way: their weight gradient is computed alike, though only the
+//! stride-1 failure was measured.
 
 use burn::nn::PaddingConfig3d;
 use burn::nn::conv::Conv3d;
@@ -28,8 +30,6 @@ pub const MAX_SLAB_VOXELS: usize = 1 << 14;
 
 /// `conv.forward(x)`, in slabs on backends other than the CPU (see the module note).
 pub fn forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
-    let [_, _, d, h, w] = x.dims();
-    let slabs_needed = d * h * w > MAX_SLAB_VOXELS;
     let explicit = match conv.padding {
         PaddingConfig3d::Explicit(a, b, c) => Some([a, b, c]),
         PaddingConfig3d::Valid => Some([0, 0, 0]),
@@ -37,15 +37,19 @@ pub fn forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     };
     match explicit {
         Some(pad)
-            if slabs_needed
-                && flex_op::place(&x).is_none()
-                && conv.stride == [1, 1, 1]
-                && conv.dilation == [1, 1, 1] =>
+            if conv.dilation == [1, 1, 1]
+                && out_dims(conv, &x.dims(), pad).iter().product::<usize>() > MAX_SLAB_VOXELS
+                && flex_op::place(&x).is_none() =>
         {
             in_slabs(conv, x, pad)
         }
         _ => conv.forward(x),
     }
+}
+
+/// The output's spatial size (dilation 1).
+fn out_dims(conv: &Conv3d, dims: &[usize; 5], pad: [usize; 3]) -> [usize; 3] {
+    std::array::from_fn(|i| (dims[2 + i] + 2 * pad[i] - conv.kernel_size[i]) / conv.stride[i] + 1)
 }
 
 fn zeros_along(x: &Tensor<5>, dim: usize, n: usize) -> Tensor<5> {
@@ -72,14 +76,11 @@ fn ranges(n: usize, step: usize) -> Vec<(usize, usize)> {
 }
 
 fn in_slabs(conv: &Conv3d, x: Tensor<5>, pad: [usize; 3]) -> Tensor<5> {
-    let [kd, kh, kw] = conv.kernel_size;
-    let [_, _, d, h, w] = x.dims();
-    let (od, oh, ow) = (
-        d + 2 * pad[0] + 1 - kd,
-        h + 2 * pad[1] + 1 - kh,
-        w + 2 * pad[2] + 1 - kw,
-    );
-    // depth and height padded here; width by the convolution itself
+    let [kd, kh, _] = conv.kernel_size;
+    let [sd, sh, _] = conv.stride;
+    let [od, oh, ow] = out_dims(conv, &x.dims(), pad);
+    // depth and height padded here; width by the convolution itself. Output rows
+    // [a, a + n) read the padded input rows [a·s, a·s + (n − 1)·s + k).
     let xp = pad_dim(pad_dim(x, 2, pad[0]), 3, pad[1]);
     let rows = (MAX_SLAB_VOXELS / ow.max(1)).max(1);
     let (slab_h, slab_d) = if oh <= rows {
@@ -88,13 +89,13 @@ fn in_slabs(conv: &Conv3d, x: Tensor<5>, pad: [usize; 3]) -> Tensor<5> {
         (rows, 1)
     };
     let weight = conv.weight.val();
-    let opts = ConvOptions::new([1, 1, 1], [0, 0, pad[2]], [1, 1, 1], conv.groups);
+    let opts = ConvOptions::new(conv.stride, [0, 0, pad[2]], [1, 1, 1], conv.groups);
     let mut planes = Vec::new();
     for (d0, nd) in ranges(od, slab_d) {
-        let slab = xp.clone().narrow(2, d0, nd + kd - 1);
+        let slab = xp.clone().narrow(2, d0 * sd, (nd - 1) * sd + kd);
         let mut strips = Vec::new();
         for (h0, nh) in ranges(oh, slab_h) {
-            let piece = slab.clone().narrow(3, h0, nh + kh - 1);
+            let piece = slab.clone().narrow(3, h0 * sh, (nh - 1) * sh + kh);
             strips.push(conv3d(piece, weight.clone(), None, opts.clone()));
         }
         planes.push(if strips.len() == 1 {
@@ -109,7 +110,11 @@ fn in_slabs(conv: &Conv3d, x: Tensor<5>, pad: [usize; 3]) -> Tensor<5> {
         Tensor::cat(planes, 2)
     };
     match &conv.bias {
-        Some(b) => y + b.val().reshape([1, b.val().dims()[0], 1, 1, 1]),
+        Some(b) => {
+            let b = b.val();
+            let c = b.dims()[0];
+            y + b.reshape([1, c, 1, 1, 1])
+        }
         None => y,
     }
 }
@@ -125,19 +130,23 @@ mod tests {
     #[test]
     fn slabs_equal_one_convolution_with_gradients() {
         let dev = Device::flex().autodiff();
-        for (k, bias, shape) in [
-            (3, true, [1, 2, 5, 40, 520]),
-            (1, false, [2, 3, 6, 9, 300]),
-            (3, false, [1, 1, 9, 30, 70]),
+        for (k, stride, bias, shape) in [
+            (3, 1, true, [1, 2, 5, 40, 520]),
+            (1, 1, false, [2, 3, 6, 9, 300]),
+            (3, 1, false, [1, 1, 9, 30, 70]),
+            // the patch embedding: kernel 2, stride 2, no padding, a bias
+            (2, 2, true, [1, 1, 8, 70, 600]),
         ] {
+            let p = if stride == 1 { k / 2 } else { 0 };
             let conv = Conv3dConfig::new([shape[1], 3], [k, k, k])
-                .with_padding(PaddingConfig3d::Explicit(k / 2, k / 2, k / 2))
+                .with_stride([stride; 3])
+                .with_padding(PaddingConfig3d::Explicit(p, p, p))
                 .with_bias(bias)
                 .init(&dev);
             let x = Tensor::<5>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &dev)
                 .require_grad();
             let a = conv.forward(x.clone());
-            let b = in_slabs(&conv, x.clone(), [k / 2; 3]);
+            let b = in_slabs(&conv, x.clone(), [p; 3]);
             assert_eq!(a.dims(), b.dims());
             let r =
                 Tensor::<5>::random(a.dims(), burn::tensor::Distribution::Normal(0.0, 1.0), &dev);

@@ -292,7 +292,7 @@ impl SwinEncoder {
 
     /// [B, in, D, H, W] → [B, C, D/2, H/2, W/2]
     pub fn embed(&self, x: Tensor<5>) -> Tensor<5> {
-        self.patch_embed.forward(x)
+        super::conv::forward(&self.patch_embed, x)
     }
 }
 
