@@ -6,14 +6,14 @@
 #
 # TORCHREF_DIR holds bench_ref.py (the PyTorch reference); PYTHON is an interpreter
 # with torch installed (default: python3); PRESETS defaults to "tiny cpu".
-# rlu2net is target/release/rlu2net (build it first: cargo build --release).
+# rlu2net is target/release/rlu2net (build it first: cargo build --release), or $BIN.
 # Both sides use 2 threads; PyTorch with oneDNN convolutions (its faster setting here).
 # For `cpu` it also times the sliding window over a 160×160×128 pair (NO_SW=1 skips it).
 set -eu
 REF=${1:?usage: bench/compare.sh TORCHREF_DIR [PYTHON] [PRESETS]}
 PY=${2:-python3}
 PRESETS=${3:-tiny cpu}
-BIN=$(dirname "$0")/../target/release/rlu2net
+BIN=${BIN:-$(dirname "$0")/../target/release/rlu2net}
 RUNS=${RUNS:-5}
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 [ -f "$REF/bench_ref.py" ] || { echo "$REF/bench_ref.py not found" >&2; exit 1; }

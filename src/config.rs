@@ -240,3 +240,60 @@ mod tests {
         assert!(o.lr_at(99, 100) < 0.001);
     }
 }
+
+/// The rows of the paper's Table 2: the full model and each ablation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    #[value(name = "full")]
+    Full,
+    /// Without cross-modal attention.
+    #[value(name = "no_cma")]
+    NoCma,
+    /// Without the PPO-steered alignment (identity pose).
+    #[value(name = "no_rl_xalign")]
+    NoRlXalign,
+    /// Without the alignment loss term.
+    #[value(name = "no_align_loss")]
+    NoAlignLoss,
+    /// Without the adaptive gradient weighting of the two branches.
+    #[value(name = "no_agwd")]
+    NoAgwd,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 5] = [
+        Variant::Full,
+        Variant::NoCma,
+        Variant::NoRlXalign,
+        Variant::NoAlignLoss,
+        Variant::NoAgwd,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Full => "full",
+            Variant::NoCma => "no_cma",
+            Variant::NoRlXalign => "no_rl_xalign",
+            Variant::NoAlignLoss => "no_align_loss",
+            Variant::NoAgwd => "no_agwd",
+        }
+    }
+
+    /// The configuration with this variant's part switched off.
+    pub fn apply(self, cfg: &mut TrainConfig) {
+        match self {
+            Variant::Full => {}
+            Variant::NoCma => cfg.model.no_cma = true,
+            Variant::NoRlXalign => cfg.model.no_rl_xalign = true,
+            Variant::NoAlignLoss => cfg.loss.no_align_loss = true,
+            Variant::NoAgwd => cfg.loss.no_agwd = true,
+        }
+    }
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -9,6 +9,8 @@
 use std::path::Path;
 
 use anyhow::Context;
+
+use crate::run::{Checkpoint, RunDir};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -20,8 +22,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub struct Header {
     /// The rlu2net version that wrote the file.
     pub rlu2net_version: String,
-    /// Which checkpoint of the run ("best" or "last").
-    pub checkpoint: String,
+    /// Which checkpoint of the run.
+    pub checkpoint: Checkpoint,
     pub config_toml: String,
     pub plan_json: String,
 }
@@ -33,21 +35,8 @@ pub struct ModelParts {
     pub weights: Vec<u8>,
     /// Where it came from, for messages.
     pub source: String,
-}
-
-/// The checkpoint a run predicts with: best, else last.
-pub fn run_checkpoint(run: &Path) -> anyhow::Result<(String, std::path::PathBuf)> {
-    ["best", "last"]
-        .iter()
-        .map(|n| (n.to_string(), run.join("checkpoints").join(n)))
-        .map(|(n, p)| (n, crate::checkpoint::resolve(&p)))
-        .find(|(_, p)| p.join("model.bpk").exists())
-        .with_context(|| {
-            format!(
-                "{}: no checkpoint (checkpoints/best or checkpoints/last)",
-                run.display()
-            )
-        })
+    /// Where the plan came from, for messages: the run's `plan.json` or the model file.
+    pub plan_source: String,
 }
 
 fn read_text(p: &Path, run: &Path) -> anyhow::Result<String> {
@@ -61,10 +50,11 @@ fn read_text(p: &Path, run: &Path) -> anyhow::Result<String> {
 }
 
 /// The parts of a run folder.
-pub fn read_run(run: &Path) -> anyhow::Result<(ModelParts, String)> {
-    let config_toml = read_text(&run.join("config.toml"), run)?;
-    let plan_json = read_text(&run.join("plan.json"), run)?;
-    let (which, dir) = run_checkpoint(run)?;
+pub fn read_run(run: &Path) -> anyhow::Result<(ModelParts, Checkpoint)> {
+    let dir = RunDir::at(run);
+    let config_toml = read_text(&dir.config_path(), run)?;
+    let plan_json = read_text(&dir.plan_path(), run)?;
+    let (which, dir) = dir.predict_checkpoint()?;
     let wp = dir.join("model.bpk");
     let weights = std::fs::read(&wp).with_context(|| format!("{}: cannot read", wp.display()))?;
     Ok((
@@ -73,6 +63,7 @@ pub fn read_run(run: &Path) -> anyhow::Result<(ModelParts, String)> {
             plan_json,
             weights,
             source: wp.display().to_string(),
+            plan_source: run.join("plan.json").display().to_string(),
         },
         which,
     ))
@@ -146,6 +137,7 @@ pub fn read_model_file(path: &Path) -> anyhow::Result<ModelParts> {
         plan_json: header.plan_json,
         weights,
         source: format!("{name} (written by rlu2net {})", header.rlu2net_version),
+        plan_source: format!("{name} (its plan)"),
     })
 }
 
@@ -183,7 +175,7 @@ mod tests {
         let run = fake_run(d.path());
         let f = d.path().join("m.rlu2net");
         let h = export(&run, &f).unwrap();
-        assert_eq!(h.checkpoint, "last");
+        assert_eq!(h.checkpoint, Checkpoint::Last);
         let back = read_model(&f).unwrap();
         let direct = read_model(&run).unwrap();
         assert_eq!(back.weights, direct.weights);

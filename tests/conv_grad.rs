@@ -1,11 +1,12 @@
-//! The 3D-convolution gradients of the CPU backend (patched burn-flex, see
-//! Cargo.toml) against a direct reference computed here by plain loops, for the fast
-//! path (stride 1) and the fallback (stride 2), forward pass included, plus a
-//! finite-difference check.
+//! rlu2net's 3D convolution on the CPU backend (`model::conv3d`: the direct AVX-512
+//! kernel, im2col + GEMM, and Burn's own for strided convolutions) against a direct
+//! reference computed here by plain loops: the forward pass and the gradients of the
+//! input, the weight and the bias, plus a finite difference. Each case also checks
+//! which kernel ran.
 
-use burn::tensor::module::conv3d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use rlu2net::model::conv3d::{Kernel, conv3d, kernel_for, set_direct_kernel};
 
 struct Case {
     x: [usize; 5],
@@ -83,21 +84,35 @@ fn reference(c: &Case, x: &[f32], w: &[f32], r: &[f32]) -> (Vec<f32>, Vec<f32>, 
     (f(y), f(gx), f(gw))
 }
 
-fn check(c: &Case) {
+/// Checks the case on the kernel `want`, returns the kernel that ran.
+fn check(c: &Case, want: Kernel) -> Kernel {
     let dev = Device::flex().autodiff();
     let x = Tensor::<5>::random(c.x, Distribution::Normal(0.0, 1.0), &dev).require_grad();
     let w = Tensor::<5>::random(c.w, Distribution::Normal(0.0, 1.0), &dev).require_grad();
+    let b = Tensor::<1>::random([c.w[0]], Distribution::Normal(0.0, 1.0), &dev).require_grad();
     let opts = ConvOptions::new([c.stride; 3], [c.pad; 3], [1; 3], 1);
-    let y = conv3d(x.clone(), w.clone(), None, opts.clone());
+    let ran = kernel_for(c.x, c.w, &opts);
+    assert_eq!(ran, want, "kernel for {:?} * {:?}", c.x, c.w);
+    let y = conv3d(x.clone(), w.clone(), Some(b.clone()), opts.clone());
     let r = Tensor::<5>::random(y.dims(), Distribution::Normal(0.0, 1.0), &dev);
     let yv = vals(y.clone());
     let grads = (y * r.clone()).sum().backward();
     let (gx, gw) = (vals(x.grad(&grads).unwrap()), vals(w.grad(&grads).unwrap()));
-    let (ry, rx, rw) = reference(c, &vals(x.clone()), &vals(w.clone()), &vals(r.clone()));
+    let gb = vals(b.grad(&grads).unwrap());
+    let (mut ry, rx, rw) = reference(c, &vals(x.clone()), &vals(w.clone()), &vals(r.clone()));
+    // the bias: added to every output voxel of its channel; its gradient is Σ r there
+    let (bv, rv) = (vals(b.clone()), vals(r.clone()));
+    let plane = ry.len() / (c.x[0] * c.w[0]);
+    let mut rb = vec![0.0f32; c.w[0]];
+    for (i, (yp, rp)) in ry.chunks_mut(plane).zip(rv.chunks(plane)).enumerate() {
+        yp.iter_mut().for_each(|v| *v += bv[i % c.w[0]]);
+        rb[i % c.w[0]] += rp.iter().sum::<f32>();
+    }
     for (name, got, want) in [
         ("y (forward)", &yv, &ry),
         ("x", &gx, &rx),
         ("weight", &gw, &rw),
+        ("bias", &gb, &rb),
     ] {
         assert_eq!(got.len(), want.len());
         for (i, (a, b)) in got.iter().zip(want.iter()).enumerate() {
@@ -128,57 +143,81 @@ fn check(c: &Case) {
         "finite difference {fd} vs {}",
         gw[k]
     );
+    ran
 }
 
 #[test]
 fn stride_one_gradients_match_the_direct_reference() {
-    check(&Case {
-        x: [2, 3, 5, 6, 4],
-        w: [4, 3, 3, 3, 3],
-        stride: 1,
-        pad: 1,
-    });
-    check(&Case {
-        x: [1, 2, 6, 5, 7],
-        w: [3, 2, 3, 3, 3],
-        stride: 1,
-        pad: 0,
-    });
-    check(&Case {
-        x: [2, 5, 4, 4, 4],
-        w: [6, 5, 1, 1, 1],
-        stride: 1,
-        pad: 0,
-    });
+    check(
+        &Case {
+            x: [2, 3, 5, 6, 4],
+            w: [4, 3, 3, 3, 3],
+            stride: 1,
+            pad: 1,
+        },
+        Kernel::Gemm,
+    );
+    check(
+        &Case {
+            x: [1, 2, 6, 5, 7],
+            w: [3, 2, 3, 3, 3],
+            stride: 1,
+            pad: 0,
+        },
+        Kernel::Gemm,
+    );
+    check(
+        &Case {
+            x: [2, 5, 4, 4, 4],
+            w: [6, 5, 1, 1, 1],
+            stride: 1,
+            pad: 0,
+        },
+        Kernel::Gemm,
+    );
     // a kernel of three different sides, and padding k − 1 (the input gradient then
     // runs with none)
-    check(&Case {
-        x: [1, 3, 4, 5, 6],
-        w: [2, 3, 3, 2, 3],
-        stride: 1,
-        pad: 1,
-    });
-    check(&Case {
-        x: [1, 2, 4, 4, 5],
-        w: [3, 2, 3, 3, 3],
-        stride: 1,
-        pad: 2,
-    });
+    check(
+        &Case {
+            x: [1, 3, 4, 5, 6],
+            w: [2, 3, 3, 2, 3],
+            stride: 1,
+            pad: 1,
+        },
+        Kernel::Gemm,
+    );
+    check(
+        &Case {
+            x: [1, 2, 4, 4, 5],
+            w: [3, 2, 3, 3, 3],
+            stride: 1,
+            pad: 2,
+        },
+        Kernel::Gemm,
+    );
     // several column tiles per item (about 4 800 positions each for K = 54), two
     // items: tiles run in parallel and their weight-gradient parts are summed
-    check(&Case {
-        x: [2, 2, 26, 25, 24],
-        w: [2, 2, 3, 3, 3],
-        stride: 1,
-        pad: 1,
-    });
+    check(
+        &Case {
+            x: [2, 2, 26, 25, 24],
+            w: [2, 2, 3, 3, 3],
+            stride: 1,
+            pad: 1,
+        },
+        Kernel::Gemm,
+    );
 }
 
 /// Shapes of the direct 3×3×3 kernel (padding 1, rows a multiple of 16 voxels wide, on
-/// CPUs with AVX-512; im2col elsewhere): rows of one and of three 16-voxel vectors,
-/// output channels in a full block of 8 and a partial one, two items.
+/// CPUs with AVX-512): rows of one and of three 16-voxel vectors, output channels in a
+/// full block of 8 and a partial one, two items; each also through im2col + GEMM (the
+/// kernel switched off). The only test here that switches it.
 #[test]
 fn direct_kernel_gradients_match_the_direct_reference() {
+    let avx512 = is_x86_feature_detected!("avx512f");
+    if !avx512 {
+        eprintln!("this CPU has no AVX-512F: the direct kernel is not tested, only im2col");
+    }
     for (x, w) in [
         ([2, 3, 5, 4, 48], [10, 3, 3, 3, 3]),
         ([1, 9, 3, 6, 16], [8, 9, 3, 3, 3]),
@@ -187,21 +226,34 @@ fn direct_kernel_gradients_match_the_direct_reference() {
         ([1, 1, 32, 32, 32], [4, 1, 3, 3, 3]),
         ([1, 4, 16, 16, 32], [4, 4, 3, 3, 3]),
     ] {
-        check(&Case {
+        let case = Case {
             x,
             w,
             stride: 1,
             pad: 1,
-        });
+        };
+        for direct in [true, false] {
+            set_direct_kernel(direct);
+            let want = if direct && avx512 {
+                Kernel::Direct
+            } else {
+                Kernel::Gemm
+            };
+            check(&case, want);
+        }
     }
+    set_direct_kernel(true);
 }
 
 #[test]
 fn strided_gradients_match_the_direct_reference() {
-    check(&Case {
-        x: [1, 3, 6, 6, 6],
-        w: [4, 3, 2, 2, 2],
-        stride: 2,
-        pad: 0,
-    });
+    check(
+        &Case {
+            x: [1, 3, 6, 6, 6],
+            w: [4, 3, 2, 2, 2],
+            stride: 2,
+            pad: 0,
+        },
+        Kernel::Burn,
+    );
 }

@@ -142,4 +142,89 @@ fn demo_runs_end_to_end_and_prints_the_table() {
     .unwrap();
     let case = &json["cases"][0];
     assert!(case["dice"]["Myo"].is_number() || case["reasons"]["Myo"].is_string());
+    resume_after_demo(&d.path().join("demo"));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+fn resume(run: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rlu2net"))
+        .args(["train", "--resume"])
+        .arg(run)
+        .output()
+        .unwrap()
+}
+
+/// The demo's run folder is a complete one: `train --resume` continues it from its last
+/// checkpoint; without `run.json`, or with a truncated `plan.json`, it stops with one
+/// line that names the file.
+fn resume_after_demo(demo: &Path) {
+    let run = demo.join("run");
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("checkpoints/last/state.json")).unwrap(),
+    )
+    .unwrap();
+    let steps = state["step"].as_u64().unwrap();
+    let lines_before = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    for name in ["no_info", "torn_plan"] {
+        copy_dir(&run, &demo.join(name));
+    }
+    let out = resume(&run);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // the demo stops on its time budget, so the resumed run trains on to the end of its
+    // fitted schedule (or finishes at once if the demo had reached it)
+    let after: u64 = err
+        .split("after ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no step count in: {err}"));
+    assert!(after >= steps, "{after} < {steps}: {err}");
+    let lines_after = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(
+        lines_after >= lines_before,
+        "the log of the steps done is kept"
+    );
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("checkpoints/last/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["step"].as_u64(), Some(after));
+
+    std::fs::remove_file(demo.join("no_info/run.json")).unwrap();
+    let plan = demo.join("torn_plan/plan.json");
+    let text = std::fs::read_to_string(&plan).unwrap();
+    std::fs::write(&plan, &text[..text.len() / 2]).unwrap();
+    for (name, file, what) in [
+        ("no_info", "run.json", "cannot read"),
+        ("torn_plan", "plan.json", "damaged"),
+    ] {
+        let out = resume(&demo.join(name));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{name}: {err}");
+        assert!(
+            lines[0].contains(&format!("{}: {what}", demo.join(name).join(file).display())),
+            "{name}: {err}"
+        );
+    }
 }

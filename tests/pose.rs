@@ -13,7 +13,7 @@ use rlu2net::geometry::cube_rotations;
 use rlu2net::model::{ModelConfig, Preset, RlU2Net};
 use rlu2net::preprocess::PreprocessConfig;
 use rlu2net::preprocess::cache::prepare_case;
-use rlu2net::preprocess::plan::plan;
+use rlu2net::preprocess::plan::fit_plan;
 use rlu2net::rl::{PpoAgent, PpoConfig};
 use rlu2net::train::alignment::alignment_report;
 use rlu2net::train::reward::rotation_scores;
@@ -26,7 +26,7 @@ fn scores(data: &Path, work: &Path) -> Vec<[f64; 24]> {
         spacing: 4.0,
         ..PreprocessConfig::default()
     };
-    let stats = plan(&pre, 0, &ds, work).unwrap();
+    let stats = fit_plan(&pre, 0, &ds).unwrap().ct_stats;
     let prep = |m| -> Vec<_> {
         ds.select(m, Split::Train)
             .iter()

@@ -27,6 +27,16 @@ pub struct BenchArgs {
     /// cpu --patch 64` is the network the PyTorch reference calls `cpu`.
     #[arg(long)]
     pub patch: Option<usize>,
+    /// The CPU kernel of 3×3×3 convolutions: `direct` (AVX-512, where the CPU has it and
+    /// rows are 16·k voxels wide) or `im2col` (im2col + GEMM always), for comparing the two.
+    #[arg(long, value_enum, default_value_t = ConvKernel::Direct)]
+    pub conv: ConvKernel,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConvKernel {
+    Direct,
+    Im2col,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -90,6 +100,7 @@ fn window_attention(
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    crate::model::conv3d::set_direct_kernel(a.conv == ConvKernel::Direct);
     match a.what {
         BenchWhat::Kernels => kernels(a),
         BenchWhat::Model => model(a),
@@ -207,7 +218,6 @@ fn model(a: BenchArgs) -> anyhow::Result<()> {
 fn kernels(a: BenchArgs) -> anyhow::Result<()> {
     let sel = select(a.backend)?;
     let dev = sel.device.clone();
-    let ad = dev.clone().autodiff();
     println!(
         "backend: {}; threads: {}",
         sel.description,
@@ -219,17 +229,26 @@ fn kernels(a: BenchArgs) -> anyhow::Result<()> {
         println!("{name:<62} {m:>10.1}  {}", runs.join(" "));
     };
 
+    conv_kernels(a.runs, &dev, &report);
+    norm_kernels(a.runs, &dev, &report);
+    attention_kernel(a.runs, &dev, &report);
+    Ok(())
+}
+
+/// Conv3d 16→16, k3, padding 1, on [1, 16, 64³]: forward, forward + backward.
+fn conv_kernels(runs: usize, dev: &Device, report: &impl Fn(&str, (f64, Vec<f64>))) {
+    let ad = dev.clone().autodiff();
     // Conv3d 16→16, k3, padding 1, on [1, 16, 64, 64, 64]
     let conv = Conv3dConfig::new([16, 16], [3, 3, 3])
         .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
-        .init(&dev);
-    let x = Tensor::<5>::random([1, 16, 64, 64, 64], Distribution::Normal(0.0, 1.0), &dev);
+        .init(dev);
+    let x = Tensor::<5>::random([1, 16, 64, 64, 64], Distribution::Normal(0.0, 1.0), dev);
     report(
         "Conv3d 16->16 k3 p1 [1,16,64^3] forward",
-        median_ms(a.runs, || {
-            let y = conv.forward(x.clone());
+        median_ms(runs, || {
+            let y = crate::model::conv::forward(&conv, x.clone());
             let _ = y.sum().into_scalar::<f32>();
-            sync(&dev);
+            sync(dev);
         }),
     );
     let conv_ad = Conv3dConfig::new([16, 16], [3, 3, 3])
@@ -239,24 +258,28 @@ fn kernels(a: BenchArgs) -> anyhow::Result<()> {
         .require_grad();
     report(
         "Conv3d 16->16 k3 p1 [1,16,64^3] forward+backward",
-        median_ms(a.runs, || {
-            let y = conv_ad.forward(xa.clone());
+        median_ms(runs, || {
+            let y = crate::model::conv::forward(&conv_ad, xa.clone());
             let g = y.sum().backward();
             let gw = conv_ad.weight.val().grad(&g).expect("weight gradient");
             let _ = gw.sum().into_scalar::<f32>();
             sync(&ad);
         }),
     );
+}
 
+/// Instance norm + LeakyReLU on [1, 12, 64³]: forward, forward + backward.
+fn norm_kernels(runs: usize, dev: &Device, report: &impl Fn(&str, (f64, Vec<f64>))) {
+    let ad = dev.clone().autodiff();
     // instance norm + LeakyReLU on [1, 12, 64, 64, 64] (each ResBlock has two)
-    let norm = crate::model::layers::Norm3d::new(12, false, &dev);
-    let x = Tensor::<5>::random([1, 12, 64, 64, 64], Distribution::Normal(0.0, 1.0), &dev);
+    let norm = crate::model::layers::Norm3d::new(12, false, dev);
+    let x = Tensor::<5>::random([1, 12, 64, 64, 64], Distribution::Normal(0.0, 1.0), dev);
     report(
         "InstanceNorm + LeakyReLU [1,12,64^3] forward",
-        median_ms(a.runs, || {
+        median_ms(runs, || {
             let y = crate::model::layers::lrelu(norm.forward(x.clone()));
             let _ = y.sum().into_scalar::<f32>();
-            sync(&dev);
+            sync(dev);
         }),
     );
     let norm_ad = crate::model::layers::Norm3d::new(12, false, &ad);
@@ -264,7 +287,7 @@ fn kernels(a: BenchArgs) -> anyhow::Result<()> {
         .require_grad();
     report(
         "InstanceNorm + LeakyReLU [1,12,64^3] forward+backward",
-        median_ms(a.runs, || {
+        median_ms(runs, || {
             let y = crate::model::layers::lrelu(norm_ad.forward(xa.clone()));
             let g = (y.clone() * y).sum().backward();
             let gx = xa.grad(&g).expect("input gradient");
@@ -272,7 +295,11 @@ fn kernels(a: BenchArgs) -> anyhow::Result<()> {
             sync(&ad);
         }),
     );
+}
 
+/// One windowed attention step with its gradients.
+fn attention_kernel(runs: usize, dev: &Device, report: &impl Fn(&str, (f64, Vec<f64>))) {
+    let ad = dev.clone().autodiff();
     // windowed attention: 512 windows x 64 tokens (4^3) x 96 channels, 3 heads
     let (nw, n, c, h) = (512, 64, 96, 3);
     let x = Tensor::<3>::random([nw, n, c], Distribution::Normal(0.0, 1.0), &ad).require_grad();
@@ -282,7 +309,7 @@ fn kernels(a: BenchArgs) -> anyhow::Result<()> {
     let bias = Tensor::<3>::random([h, n, n], Distribution::Normal(0.0, 0.02), &ad).require_grad();
     report(
         "window attention 512x64 tokens x96 ch, 3 heads, rel. bias, fwd+bwd",
-        median_ms(a.runs, || {
+        median_ms(runs, || {
             let y = window_attention(x.clone(), &w_qkv, &w_proj, &bias, h);
             let g = y.sum().backward();
             let gq = w_qkv.grad(&g).expect("qkv gradient");
@@ -290,5 +317,4 @@ fn kernels(a: BenchArgs) -> anyhow::Result<()> {
             sync(&ad);
         }),
     );
-    Ok(())
 }

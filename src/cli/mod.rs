@@ -4,14 +4,13 @@ pub mod bench;
 pub mod pipeline;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::data::discover;
 use crate::data::inspect::inspect_case;
 use crate::data::synth::{Scale, SynthOptions, default_mr_pose, generate};
-use crate::data::{Modality, Split, discover};
 use crate::model::{ModelConfig, Preset};
 
 #[derive(Parser, Debug)]
@@ -128,32 +127,21 @@ pub struct TrainArgs {
     pub backend: crate::device::Backend,
 }
 
-fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
-    use crate::train::{TrainConfig, TrainOptions, train};
-    #[derive(serde::Serialize, serde::Deserialize)]
-    struct RunInfo {
-        data: PathBuf,
-    }
+/// The run folder, configuration and data folder of `train`: a new run's, or those the
+/// run folder records (`--resume`), with the command line's overrides applied.
+fn train_setup(a: &TrainArgs) -> anyhow::Result<(PathBuf, crate::train::TrainConfig, PathBuf)> {
+    use crate::train::TrainConfig;
     let (out, mut cfg, data) = match &a.resume {
-        Some(run) => {
-            let cpath = run.join("config.toml");
-            let text = std::fs::read_to_string(&cpath).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: cannot read ({e}); is this a run folder?",
-                    cpath.display()
-                )
-            })?;
-            let cfg = TrainConfig::from_toml(&text, None)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", cpath.display()))?;
+        Some(root) => {
+            let run = crate::run::RunDir::at(root);
+            let cfg = run.read_config()?;
+            // a damaged plan stops the run before anything is printed
+            run.read_plan()?;
             let data = match &a.data {
                 Some(d) => d.clone(),
-                None => {
-                    let ipath = run.join("run.json");
-                    let info: RunInfo = serde_json::from_str(&std::fs::read_to_string(&ipath)?)?;
-                    info.data
-                }
+                None => run.read_info()?.data,
             };
-            (run.clone(), cfg, data)
+            (root.clone(), cfg, data)
         }
         None => {
             let data = a.data.clone().ok_or_else(|| {
@@ -185,13 +173,12 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
     if let Some(m) = a.max_minutes {
         cfg.max_minutes = m;
     }
-    std::fs::create_dir_all(&out)
-        .map_err(|e| anyhow::anyhow!("{}: cannot create the output folder: {e}", out.display()))?;
-    let data_abs = std::fs::canonicalize(&data).unwrap_or(data.clone());
-    crate::io::write_atomically(
-        &out.join("run.json"),
-        serde_json::to_string_pretty(&RunInfo { data: data_abs })?.as_bytes(),
-    )?;
+    Ok((out, cfg, data))
+}
+
+fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
+    use crate::train::{TrainOptions, train};
+    let (out, cfg, data) = train_setup(&a)?;
     let selected = crate::device::select(a.backend)?;
     let opts = TrainOptions {
         data,
@@ -333,7 +320,6 @@ fn inspect(data: &std::path::Path) -> anyhow::Result<()> {
         data.display(),
         data.display()
     );
-    let done = AtomicUsize::new(0);
     let pb = bar(ds.cases.len() as u64, "reading");
     let results: Vec<_> = ds
         .cases
@@ -341,7 +327,6 @@ fn inspect(data: &std::path::Path) -> anyhow::Result<()> {
         .with_max_len(1)
         .map(|c| {
             let r = inspect_case(c);
-            done.fetch_add(1, Ordering::Relaxed);
             pb.inc(1);
             r
         })
@@ -368,42 +353,8 @@ fn inspect(data: &std::path::Path) -> anyhow::Result<()> {
         }
     }
     println!();
-    for m in [Modality::Ct, Modality::Mr] {
-        for s in [Split::Train, Split::Test] {
-            let sel: Vec<_> = ds
-                .cases
-                .iter()
-                .zip(&results)
-                .filter(|(c, _)| c.modality == m && c.split == s)
-                .collect();
-            if sel.is_empty() {
-                continue;
-            }
-            let ok: Vec<_> = sel.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
-            let labelled = sel.iter().filter(|(c, _)| c.label.is_some()).count();
-            let (mut lo, mut hi) = ([f64::INFINITY; 3], [0.0f64; 3]);
-            for s in &ok {
-                for a in 0..3 {
-                    lo[a] = lo[a].min(s.spacing[a]);
-                    hi[a] = hi[a].max(s.spacing[a]);
-                }
-            }
-            let orients: std::collections::BTreeSet<_> =
-                ok.iter().map(|s| s.orientation.clone()).collect();
-            println!(
-                "{m} {:<5}: {} cases ({} with labels); spacing {:.2}-{:.2} x {:.2}-{:.2} x {:.2}-{:.2} mm; orientations {}",
-                s.name(),
-                sel.len(),
-                labelled,
-                lo[0],
-                hi[0],
-                lo[1],
-                hi[1],
-                lo[2],
-                hi[2],
-                orients.into_iter().collect::<Vec<_>>().join(",")
-            );
-        }
+    for summary in crate::data::inspect::split_summaries(&ds, &results) {
+        println!("{}", summary.line());
     }
     if errors + with_problems > 0 {
         anyhow::bail!(

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use crate::config::Variant;
 use crate::data::layout::{Modality, Split};
 use crate::device::{Backend, device};
 use crate::infer::{Predictor, predict_dir, write_prediction};
@@ -396,6 +397,15 @@ fn train_infer_evaluate(
     evaluate(&preds, data, Some(&dir.join("evaluation")))
 }
 
+/// The schedule of `demo` and `ablate`: epochs of 25 steps, validation every 4, as
+/// many steps as `minutes` allow at most, stopped by the time budget.
+fn timed_schedule(cfg: &mut TrainConfig, minutes: f64, preset: Preset) {
+    cfg.steps_per_epoch = 25;
+    cfg.epochs = steps_for(minutes, preset).div_ceil(25);
+    cfg.max_minutes = minutes;
+    cfg.val_every = 4;
+}
+
 pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let data = a.out.join("data");
@@ -412,10 +422,7 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
     crate::viz::dataset_previews(&data)?;
     let mut cfg = TrainConfig::preset(Preset::Tiny);
     cfg.seed = a.seed;
-    cfg.steps_per_epoch = 25;
-    cfg.epochs = steps_for(a.minutes, Preset::Tiny).div_ceil(25);
-    cfg.max_minutes = a.minutes;
-    cfg.val_every = 4;
+    timed_schedule(&mut cfg, a.minutes, Preset::Tiny);
     eprintln!(
         "2/4 train: tiny preset, up to {} steps or {} minutes",
         cfg.total_steps(),
@@ -451,58 +458,23 @@ pub struct AblateArgs {
     #[arg(long, visible_alias = "device", default_value_t = Backend::Auto)]
     pub backend: Backend,
     /// Only these rows (comma-separated), e.g. to run the table in parts.
-    #[arg(long, value_delimiter = ',', default_values_t = VARIANTS.map(String::from))]
-    pub variants: Vec<String>,
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Variant::ALL)]
+    pub variants: Vec<Variant>,
 }
-
-/// The rows of the paper's Table 2.
-const VARIANTS: [&str; 5] = ["full", "no_cma", "no_rl_xalign", "no_align_loss", "no_agwd"];
 
 /// The paper's Table 2: the full model and each ablation, same budget and seed.
 pub fn ablate(a: AblateArgs) -> anyhow::Result<()> {
-    for v in &a.variants {
-        anyhow::ensure!(
-            VARIANTS.contains(&v.as_str()),
-            "unknown variant `{v}` (variants: {})",
-            VARIANTS.join(", ")
-        );
-    }
     let mut rows = Vec::new();
-    for v in a.variants.iter().map(String::as_str) {
+    for &v in &a.variants {
         let mut cfg = TrainConfig::preset(a.preset);
         cfg.seed = a.seed;
-        cfg.steps_per_epoch = 25;
-        cfg.epochs = steps_for(a.minutes, a.preset).div_ceil(25);
-        cfg.max_minutes = a.minutes;
-        cfg.val_every = 4;
-        match v {
-            "no_cma" => cfg.model.no_cma = true,
-            "no_rl_xalign" => cfg.model.no_rl_xalign = true,
-            "no_align_loss" => cfg.loss.no_align_loss = true,
-            "no_agwd" => cfg.loss.no_agwd = true,
-            _ => {}
-        }
+        timed_schedule(&mut cfg, a.minutes, a.preset);
+        v.apply(&mut cfg);
         eprintln!("variant {v}");
-        let r = train_infer_evaluate(&cfg, &a.data, &a.out.join(v), a.backend)?;
-        rows.push((v, r));
+        let r = train_infer_evaluate(&cfg, &a.data, &a.out.join(v.name()), a.backend)?;
+        rows.push((v.name().to_string(), r));
     }
-    let mut t = String::from(
-        "| Variant | CT Dice % | MRI Dice % | CT HD95 mm | MRI HD95 mm |\n|---|---|---|---|---|\n",
-    );
-    for (v, r) in &rows {
-        let get = |m: &str| r.means.iter().find(|x| x.modality == m);
-        let f = |x: Option<f64>, s: f64| {
-            x.map(|v| format!("{:.1}", v * s))
-                .unwrap_or_else(|| "–".into())
-        };
-        t.push_str(&format!(
-            "| {v} | {} | {} | {} | {} |\n",
-            f(get("CT").and_then(|m| m.mean_dice), 100.0),
-            f(get("MRI").and_then(|m| m.mean_dice), 100.0),
-            f(get("CT").and_then(|m| m.mean_hd95), 1.0),
-            f(get("MRI").and_then(|m| m.mean_hd95), 1.0)
-        ));
-    }
+    let t = crate::metrics::report::ablation_table(&rows);
     crate::io::write_atomically(&a.out.join("ablation.md"), t.as_bytes())?;
     println!("{t}");
     Ok(())

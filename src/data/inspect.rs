@@ -1,7 +1,7 @@
 //! `rlu2net inspect`: what a data folder holds, one line per case.
 
 use crate::data::labels::{STRUCTURES, class_counts, labels_to_classes};
-use crate::data::layout::Case;
+use crate::data::layout::{Case, Dataset, Modality, Split};
 use crate::io::{Orientation, read_nifti};
 
 /// What one case looks like.
@@ -89,4 +89,76 @@ pub fn inspect_case(case: &Case) -> anyhow::Result<CaseSummary> {
         structures,
         problems,
     })
+}
+
+/// What `inspect` says of one modality's split: how many cases, with labels, the range
+/// of their spacings and the orientations seen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SplitSummary {
+    pub modality: Modality,
+    pub split: Split,
+    pub cases: usize,
+    pub labelled: usize,
+    /// Per axis, the smallest and the largest spacing of the readable cases (mm).
+    pub spacing: [(f64, f64); 3],
+    pub orientations: std::collections::BTreeSet<String>,
+}
+
+impl SplitSummary {
+    pub fn line(&self) -> String {
+        let [x, y, z] = self.spacing;
+        format!(
+            "{} {:<5}: {} cases ({} with labels); spacing {:.2}-{:.2} x {:.2}-{:.2} x {:.2}-{:.2} mm; orientations {}",
+            self.modality,
+            self.split.name(),
+            self.cases,
+            self.labelled,
+            x.0,
+            x.1,
+            y.0,
+            y.1,
+            z.0,
+            z.1,
+            self.orientations
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    }
+}
+
+/// One summary per modality and split that has cases, from each case's inspection
+/// (`results`, in the order of `ds.cases`).
+pub fn split_summaries(ds: &Dataset, results: &[anyhow::Result<CaseSummary>]) -> Vec<SplitSummary> {
+    let mut out = Vec::new();
+    for modality in [Modality::Ct, Modality::Mr] {
+        for split in [Split::Train, Split::Test] {
+            let sel: Vec<_> = ds
+                .cases
+                .iter()
+                .zip(results)
+                .filter(|(c, _)| c.modality == modality && c.split == split)
+                .collect();
+            if sel.is_empty() {
+                continue;
+            }
+            let ok: Vec<&CaseSummary> = sel.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
+            let mut spacing = [(f64::INFINITY, 0.0f64); 3];
+            for s in &ok {
+                for (a, r) in spacing.iter_mut().enumerate() {
+                    *r = (r.0.min(s.spacing[a]), r.1.max(s.spacing[a]));
+                }
+            }
+            out.push(SplitSummary {
+                modality,
+                split,
+                cases: sel.len(),
+                labelled: sel.iter().filter(|(c, _)| c.label.is_some()).count(),
+                spacing,
+                orientations: ok.iter().map(|s| s.orientation.clone()).collect(),
+            });
+        }
+    }
+    out
 }

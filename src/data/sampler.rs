@@ -319,6 +319,11 @@ pub fn central_pair(ct: &PreparedCase, mr: &PreparedCase, p: usize) -> (Vec<f32>
 
 /// Prepares the batch of the next step on a background thread while the current
 /// step runs.
+///
+/// The thread is a plain one, and `sample_batch` must not use rayon: the training loop
+/// waits in [`Prefetcher::next`] on one of the pool's threads (every command runs inside
+/// the pool, `cli::run`), so with `--threads 1` a parallel loop here would wait for the
+/// only pool thread, which waits for it. A debug assertion checks it.
 pub struct Prefetcher {
     rx: std::sync::mpsc::Receiver<(u64, Batch)>,
     _handle: std::thread::JoinHandle<()>,

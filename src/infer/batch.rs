@@ -108,18 +108,7 @@ pub fn predict_batch(
     mut each: impl FnMut(&Case, &Input, &Prediction) -> anyhow::Result<()>,
 ) -> anyhow::Result<BatchReport> {
     let ds = discover(data)?;
-    let ct = ds.select(Modality::Ct, split);
-    let mr = ds.select(Modality::Mr, split);
-    anyhow::ensure!(
-        !ct.is_empty() || !mr.is_empty(),
-        "{}: no {} cases (expected ct_{}/…_image.nii.gz or mr_{}/…)",
-        data.display(),
-        split.name(),
-        split.name(),
-        split.name()
-    );
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("{}: cannot create the output folder", out.display()))?;
+    let (ct, mr) = split_cases(&ds, data, split, out)?;
     let units: Vec<usize> = (0..ct.len().max(mr.len()))
         .filter(|&i| opts.part.holds(i))
         .collect();
@@ -145,17 +134,7 @@ pub fn predict_batch(
             continue;
         }
         bars.cases.set_message(names.join(" + "));
-        // each image is read on its own: a bad one leaves its partner to be predicted alone
-        let mut inputs: [Option<Input>; 2] = [None, None];
-        let mut failed: Vec<(&Case, anyhow::Error)> = Vec::new();
-        for (slot, m) in [(0, Modality::Ct), (1, Modality::Mr)] {
-            if let Some(c) = pair[slot] {
-                match guarded(|| p.prepare(&c.image, m)) {
-                    Ok(x) => inputs[slot] = Some(x),
-                    Err(e) => failed.push((c, e)),
-                }
-            }
-        }
+        let (inputs, mut failed) = read_pair(p, pair);
         if !failed.is_empty() && opts.fail_fast {
             let (c, e) = failed.remove(0);
             return Err(e.context(c.name()));
@@ -181,17 +160,63 @@ pub fn predict_batch(
         }
         bars.cases.inc(1);
         for (c, e) in failed {
-            let error = format!("{e:#}").replace('\n', " ");
-            bars.cases.println(format!("failed: {}: {error}", c.name()));
-            report.failures.push(Failure {
-                case: c.name(),
-                input: c.image.clone(),
-                error,
-            });
+            report.failures.push(failure(c, e, &bars));
         }
     }
     bars.cases.finish_and_clear();
     Ok(report)
+}
+
+/// Each image of a pair read on its own: a bad one leaves its partner to be predicted
+/// alone.
+fn read_pair<'c>(
+    p: &Predictor,
+    pair: [Option<&'c Case>; 2],
+) -> ([Option<Input>; 2], Vec<(&'c Case, anyhow::Error)>) {
+    let mut inputs: [Option<Input>; 2] = [None, None];
+    let mut failed = Vec::new();
+    for (slot, m) in [(0, Modality::Ct), (1, Modality::Mr)] {
+        if let Some(c) = pair[slot] {
+            match guarded(|| p.prepare(&c.image, m)) {
+                Ok(x) => inputs[slot] = Some(x),
+                Err(e) => failed.push((c, e)),
+            }
+        }
+    }
+    (inputs, failed)
+}
+
+/// A failed case, printed above the progress bars as one line.
+fn failure(c: &Case, e: anyhow::Error, bars: &Bars) -> Failure {
+    let error = format!("{e:#}").replace('\n', " ");
+    bars.cases.println(format!("failed: {}: {error}", c.name()));
+    Failure {
+        case: c.name(),
+        input: c.image.clone(),
+        error,
+    }
+}
+
+/// The cases of one split, and the output folder made.
+fn split_cases<'d>(
+    ds: &'d crate::data::layout::Dataset,
+    data: &Path,
+    split: Split,
+    out: &Path,
+) -> anyhow::Result<(Vec<&'d Case>, Vec<&'d Case>)> {
+    let ct = ds.select(Modality::Ct, split);
+    let mr = ds.select(Modality::Mr, split);
+    anyhow::ensure!(
+        !ct.is_empty() || !mr.is_empty(),
+        "{}: no {} cases (expected ct_{}/…_image.nii.gz or mr_{}/…)",
+        data.display(),
+        split.name(),
+        split.name(),
+        split.name()
+    );
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("{}: cannot create the output folder", out.display()))?;
+    Ok((ct, mr))
 }
 
 /// `f`, with a panic turned into an error (a bug must not end a night's batch).

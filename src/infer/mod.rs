@@ -19,9 +19,9 @@ use crate::config::TrainConfig;
 use crate::data::labels::{LABEL_VALUES, NUM_CLASSES};
 use crate::data::layout::Modality;
 use crate::data::pairing::partner_start;
-use crate::io::{DType, Reorientation, Volume, from_ras, read_nifti, to_ras, write_nifti};
+use crate::io::{DType, Reorientation, Volume, from_ras, read_nifti, write_nifti};
 use crate::model::{ActionMode, RlU2Net};
-use crate::preprocess::{CtStats, normalise_ct, normalise_mr, resample_linear};
+use crate::preprocess::{CtStats, to_working_grid};
 
 /// A trained run, ready to predict.
 pub struct Predictor {
@@ -76,10 +76,9 @@ impl Predictor {
         let parts = crate::model_file::read_model(model)?;
         let cfg = TrainConfig::from_toml(&parts.config_toml, None)
             .with_context(|| format!("{}: invalid configuration", model.display()))?;
-        let plan: serde_json::Value = serde_json::from_str(&parts.plan_json)
-            .with_context(|| format!("{}: damaged plan.json", model.display()))?;
-        let ct_stats: CtStats = serde_json::from_value(plan["ct_stats"].clone())
-            .with_context(|| format!("{}: no CT statistics in the plan", model.display()))?;
+        let ct_stats = crate::preprocess::plan::Plan::from_json(&parts.plan_json)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", parts.plan_source))?
+            .ct_stats;
         let net = crate::checkpoint::load_model_bytes(
             parts.weights,
             &parts.source,
@@ -123,20 +122,19 @@ impl Predictor {
             "{}: the image is constant (every voxel is {lo}); nothing to segment",
             path.display()
         );
-        let (ras, reo) = to_ras(&original);
-        let t = self.cfg.preprocess.spacing;
-        let mut work = resample_linear(&ras, [t; 3]);
-        match modality {
-            Modality::Ct => normalise_ct(&mut work.data, &self.ct_stats),
-            Modality::Mr => normalise_mr(&mut work.data, &self.cfg.preprocess),
-        }
+        let w = to_working_grid(
+            &original,
+            modality,
+            &self.cfg.preprocess,
+            Some(&self.ct_stats),
+        )?;
         Ok(Input {
             source: path.to_path_buf(),
-            ras_spacing: ras.spacing,
-            ras_shape: ras.shape(),
+            ras_spacing: w.ras_spacing,
+            ras_shape: w.ras_shape,
             original,
-            reorientation: reo,
-            work,
+            reorientation: w.reorientation,
+            work: w.image,
             nifti_version,
             dicom,
         })

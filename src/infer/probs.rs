@@ -1,6 +1,6 @@
 //! Class probabilities of a batch of windows, computed in place on the logits.
 
-use burn_dispatch::backends::flex::ops::unary::exp_f32_in_place;
+use crate::model::exp::exp_in_place;
 use rayon::prelude::*;
 
 /// Voxels per parallel work item.
@@ -38,7 +38,7 @@ fn softmax_voxels(mut planes: Vec<&mut [f32]>) {
         for (v, &mx) in p.iter_mut().zip(&m) {
             *v -= mx;
         }
-        exp_f32_in_place(p);
+        exp_in_place(p);
         for (z, &v) in sum.iter_mut().zip(p.iter()) {
             *z += v;
         }

@@ -11,6 +11,8 @@ pub const LABEL_VALUES: [i32; 8] = [0, 205, 420, 500, 550, 600, 820, 850];
 /// The seven structures, in the paper's Table 1 order (class 1..7).
 pub const STRUCTURES: [&str; 7] = ["Myo", "LA", "LV", "RA", "RV", "AA", "PA"];
 pub const NUM_CLASSES: usize = 8;
+/// The seven structures (every class but the background).
+pub const NUM_STRUCTURES: usize = STRUCTURES.len();
 
 /// The class (0..7) of an MM-WHS label value.
 pub fn class_of_value(v: i32) -> Option<u8> {

@@ -212,53 +212,8 @@ struct Declared {
 
 /// Validate the header `raw` (348 bytes, or 540 for NIfTI-2) without trusting any of its numbers.
 fn declared(raw: &[u8], err: &impl Fn(String) -> VolumeError) -> Result<Declared, VolumeError> {
-    if raw.len() < 348 {
-        return Err(err(format!(
-            "not a NIfTI file: {} bytes, shorter than the 348-byte NIfTI-1 header",
-            raw.len()
-        )));
-    }
-    let nifti2 = nifti2_endianness(raw);
-    let header_len = if nifti2.is_some() { NIFTI2_HEADER } else { 348 };
-    let header = match nifti2 {
-        Some(big) => nifti2_header(raw, big).map_err(|p| err(format!("NIfTI-2: {p}")))?,
-        None => {
-            let sizeof_le = i32::from_le_bytes(raw[0..4].try_into().unwrap());
-            let sizeof_be = i32::from_be_bytes(raw[0..4].try_into().unwrap());
-            if sizeof_le != 348 && sizeof_be != 348 {
-                return Err(err(
-                    "not a NIfTI file (sizeof_hdr is neither 348 nor 540)".into()
-                ));
-            }
-            NiftiHeader::from_reader(raw).map_err(|e| err(format!("invalid NIfTI header: {e}")))?
-        }
-    };
-
-    let ndim = header.dim[0];
-    if !(1..=7).contains(&ndim) {
-        return Err(err(format!("invalid header: dim[0] = {ndim}")));
-    }
-    let dims: Vec<i64> = header.dim[1..=ndim as usize]
-        .iter()
-        .map(|&d| d as i16 as i64)
-        .collect();
-    if dims.iter().any(|&d| d <= 0) {
-        return Err(err(format!(
-            "invalid header: non-positive dimension in {dims:?}"
-        )));
-    }
-    if ndim < 3 {
-        return Err(err(format!(
-            "a 3D volume is needed, the file is {ndim}D ({dims:?})"
-        )));
-    }
-    if dims[3..].iter().any(|&d| d > 1) {
-        return Err(err(format!(
-            "a 3D volume is needed, the file is {ndim}D with shape {dims:?}; extract one volume first"
-        )));
-    }
-    let shape = [dims[0] as usize, dims[1] as usize, dims[2] as usize];
-
+    let (header, version, header_len) = parse_header(raw, err)?;
+    let shape = volume_shape(&header).map_err(err)?;
     let nifti_type = NiftiType::from_i16(header.datatype)
         .ok_or_else(|| err(format!("unknown NIfTI datatype code {}", header.datatype)))?;
     let dtype = DType::from_nifti(nifti_type).ok_or_else(|| {
@@ -266,7 +221,6 @@ fn declared(raw: &[u8], err: &impl Fn(String) -> VolumeError) -> Result<Declared
             "unsupported voxel type {nifti_type:?}; supported: int8, uint8, int16, uint16, int32, float32, float64"
         ))
     })?;
-
     for a in 0..3 {
         let s = header.pixdim[a + 1];
         if !(s.is_finite() && s > 0.0) {
@@ -277,33 +231,9 @@ fn declared(raw: &[u8], err: &impl Fn(String) -> VolumeError) -> Result<Declared
         }
     }
     let spacing = [0, 1, 2].map(|a| header.pixdim[a + 1] as f64);
-
-    let offset = header.vox_offset;
-    if !(offset.is_finite()
-        && offset as f64 >= header_len as f64
-        && offset as f64 <= MAX_VOXEL_BYTES as f64)
-    {
-        return Err(err(format!(
-            "invalid vox_offset {offset} (the voxel data must start after the {header_len}-byte header)"
-        )));
-    }
-    let offset = offset as usize;
-    // shape ≤ 32767³ and 8-byte voxels: fits u64; checked all the same
-    let need = shape
-        .iter()
-        .try_fold(dtype.size_of() as u64, |acc, &n| acc.checked_mul(n as u64))
-        .filter(|&n| n <= MAX_VOXEL_BYTES)
-        .ok_or_else(|| {
-            err(format!(
-                "the header's dimensions {}x{}x{} of {dtype:?} declare more than {} GiB of voxel data",
-                shape[0],
-                shape[1],
-                shape[2],
-                MAX_VOXEL_BYTES >> 30
-            ))
-        })? as usize;
+    let (offset, need) = voxel_extent(&header, header_len, shape, dtype).map_err(err)?;
     Ok(Declared {
-        version: if nifti2.is_some() { 2 } else { 1 },
+        version,
         header,
         shape,
         dtype,
@@ -313,40 +243,192 @@ fn declared(raw: &[u8], err: &impl Fn(String) -> VolumeError) -> Result<Declared
     })
 }
 
+/// The header (NIfTI-1 or -2), its version and its length in bytes.
+fn parse_header(
+    raw: &[u8],
+    err: &impl Fn(String) -> VolumeError,
+) -> Result<(NiftiHeader, u8, usize), VolumeError> {
+    if raw.len() < 348 {
+        return Err(err(format!(
+            "not a NIfTI file: {} bytes, shorter than the 348-byte NIfTI-1 header",
+            raw.len()
+        )));
+    }
+    if let Some(big) = nifti2_endianness(raw) {
+        let h = nifti2_header(raw, big).map_err(|p| err(format!("NIfTI-2: {p}")))?;
+        return Ok((h, 2, NIFTI2_HEADER as usize));
+    }
+    let sizeof_le = i32::from_le_bytes(raw[0..4].try_into().expect("4 bytes"));
+    let sizeof_be = i32::from_be_bytes(raw[0..4].try_into().expect("4 bytes"));
+    if sizeof_le != 348 && sizeof_be != 348 {
+        return Err(err(
+            "not a NIfTI file (sizeof_hdr is neither 348 nor 540)".into()
+        ));
+    }
+    let h = NiftiHeader::from_reader(raw).map_err(|e| err(format!("invalid NIfTI header: {e}")))?;
+    Ok((h, 1, 348))
+}
+
+/// The 3D shape the header's `dim` declares (a fourth or higher dimension only of 1).
+fn volume_shape(header: &NiftiHeader) -> Result<[usize; 3], String> {
+    let ndim = header.dim[0];
+    if !(1..=7).contains(&ndim) {
+        return Err(format!("invalid header: dim[0] = {ndim}"));
+    }
+    let dims: Vec<i64> = header.dim[1..=ndim as usize]
+        .iter()
+        .map(|&d| d as i16 as i64)
+        .collect();
+    if dims.iter().any(|&d| d <= 0) {
+        return Err(format!(
+            "invalid header: non-positive dimension in {dims:?}"
+        ));
+    }
+    if ndim < 3 {
+        return Err(format!(
+            "a 3D volume is needed, the file is {ndim}D ({dims:?})"
+        ));
+    }
+    if dims[3..].iter().any(|&d| d > 1) {
+        return Err(format!(
+            "a 3D volume is needed, the file is {ndim}D with shape {dims:?}; extract one volume first"
+        ));
+    }
+    Ok([dims[0] as usize, dims[1] as usize, dims[2] as usize])
+}
+
+/// Where the voxels start and how many bytes they take, both bounded.
+fn voxel_extent(
+    header: &NiftiHeader,
+    header_len: usize,
+    shape: [usize; 3],
+    dtype: DType,
+) -> Result<(usize, usize), String> {
+    let offset = header.vox_offset;
+    if !(offset.is_finite()
+        && offset as f64 >= header_len as f64
+        && offset as f64 <= MAX_VOXEL_BYTES as f64)
+    {
+        return Err(format!(
+            "invalid vox_offset {offset} (the voxel data must start after the {header_len}-byte header)"
+        ));
+    }
+    // shape ≤ 32767³ and 8-byte voxels: fits u64; checked all the same
+    let need = shape
+        .iter()
+        .try_fold(dtype.size_of() as u64, |acc, &n| acc.checked_mul(n as u64))
+        .filter(|&n| n <= MAX_VOXEL_BYTES)
+        .ok_or_else(|| {
+            format!(
+                "the header's dimensions {}x{}x{} of {dtype:?} declare more than {} GiB of voxel data",
+                shape[0],
+                shape[1],
+                shape[2],
+                MAX_VOXEL_BYTES >> 30
+            )
+        })?;
+    Ok((offset as usize, need as usize))
+}
+
 /// Read from `source` (plain or gzip): the header first, then exactly the bytes the
 /// validated header declares, so no header can make this allocate more than the
 /// file holds.
 fn read_nifti_from<T: Voxel, R: Read>(
-    mut source: R,
+    source: R,
     path: &Path,
 ) -> Result<(Volume<T>, NiftiInfo), VolumeError> {
     let err = |p: String| VolumeError::new(path, p);
-    let io_err = |e: std::io::Error| err(format!("cannot read file: {e}"));
-    let mut magic = Vec::with_capacity(2);
-    (&mut source)
-        .take(2)
-        .read_to_end(&mut magic)
-        .map_err(io_err)?;
-    let gz = magic[..] == GZIP_MAGIC;
-    let chained = std::io::Read::chain(&magic[..], source);
-    let mut src: Box<dyn Read + '_> = if gz {
-        Box::new(flate2::read::MultiGzDecoder::new(chained))
-    } else {
-        Box::new(chained)
-    };
-    let gz_err = |e: std::io::Error| err(format!("corrupt or truncated gzip stream ({e})"));
-    let read_err = |e: std::io::Error| if gz { gz_err(e) } else { io_err(e) };
+    let mut stream = Stream::open(source, &err)?;
     let mut raw = Vec::with_capacity(544);
-    (&mut src)
-        .take(348)
-        .read_to_end(&mut raw)
-        .map_err(read_err)?;
+    stream.read_up_to(&mut raw, 348, &err)?;
     if raw.len() == 348 && nifti2_endianness(&raw).is_some() {
-        (&mut src)
-            .take(NIFTI2_HEADER - 348)
-            .read_to_end(&mut raw)
-            .map_err(read_err)?;
+        stream.read_up_to(&mut raw, NIFTI2_HEADER, &err)?;
     }
+    let d = declared(&raw, &err)?;
+    // offset ≥ the header's length, so this never goes below what is already read
+    stream.read_up_to(&mut raw, (d.offset + d.need) as u64, &err)?;
+    if raw.len() < d.offset + d.need {
+        return Err(err(format!(
+            "the header's dimensions {}x{}x{} of {:?} need {} bytes of voxel data, the file holds {} (truncated or wrong header)",
+            d.shape[0],
+            d.shape[1],
+            d.shape[2],
+            d.dtype,
+            d.need,
+            raw.len().saturating_sub(d.offset)
+        )));
+    }
+    stream.finish(&err)?;
+    to_volume(raw, d, &err)
+}
+
+/// A NIfTI file's byte stream, gunzipped when it starts with the gzip magic.
+struct Stream<'a> {
+    src: Box<dyn Read + 'a>,
+    gz: bool,
+}
+
+impl<'a> Stream<'a> {
+    fn open<R: Read + 'a>(
+        mut source: R,
+        err: &impl Fn(String) -> VolumeError,
+    ) -> Result<Stream<'a>, VolumeError> {
+        let mut magic = Vec::with_capacity(2);
+        (&mut source)
+            .take(2)
+            .read_to_end(&mut magic)
+            .map_err(|e| err(format!("cannot read file: {e}")))?;
+        let gz = magic[..] == GZIP_MAGIC;
+        let chained = std::io::Read::chain(std::io::Cursor::new(magic), source);
+        let src: Box<dyn Read + 'a> = if gz {
+            Box::new(flate2::read::MultiGzDecoder::new(chained))
+        } else {
+            Box::new(chained)
+        };
+        Ok(Stream { src, gz })
+    }
+
+    fn error(&self, e: std::io::Error, err: &impl Fn(String) -> VolumeError) -> VolumeError {
+        if self.gz {
+            err(format!("corrupt or truncated gzip stream ({e})"))
+        } else {
+            err(format!("cannot read file: {e}"))
+        }
+    }
+
+    /// Read until `raw` holds `total` bytes or the stream ends.
+    fn read_up_to(
+        &mut self,
+        raw: &mut Vec<u8>,
+        total: u64,
+        err: &impl Fn(String) -> VolumeError,
+    ) -> Result<(), VolumeError> {
+        let more = total.saturating_sub(raw.len() as u64);
+        match (&mut self.src).take(more).read_to_end(raw) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.error(e, err)),
+        }
+    }
+
+    /// A gzip stream is read to its end (boundedly), only to check its checksum.
+    fn finish(&mut self, err: &impl Fn(String) -> VolumeError) -> Result<(), VolumeError> {
+        if !self.gz {
+            return Ok(());
+        }
+        let copied = std::io::copy(
+            &mut (&mut self.src).take(MAX_TRAILING_BYTES),
+            &mut std::io::sink(),
+        );
+        copied.map(|_| ()).map_err(|e| self.error(e, err))
+    }
+}
+
+/// The volume from the file's bytes (`raw`: header, then at least the voxels).
+fn to_volume<T: Voxel>(
+    mut raw: Vec<u8>,
+    d: Declared,
+    err: &impl Fn(String) -> VolumeError,
+) -> Result<(Volume<T>, NiftiInfo), VolumeError> {
     let Declared {
         version,
         header,
@@ -355,27 +437,7 @@ fn read_nifti_from<T: Voxel, R: Read>(
         spacing,
         offset,
         need,
-    } = declared(&raw, &err)?;
-    // offset ≥ the header's length, so this never goes below what is already read
-    let total = (offset + need) as u64;
-    (&mut src)
-        .take(total.saturating_sub(raw.len() as u64))
-        .read_to_end(&mut raw)
-        .map_err(read_err)?;
-    if raw.len() < offset + need {
-        return Err(err(format!(
-            "the header's dimensions {}x{}x{} of {dtype:?} need {need} bytes of voxel data, the file holds {} (truncated or wrong header)",
-            shape[0],
-            shape[1],
-            shape[2],
-            raw.len().saturating_sub(offset)
-        )));
-    }
-    if gz {
-        // the rest of the stream, only to check its checksum
-        std::io::copy(&mut src.take(MAX_TRAILING_BYTES), &mut std::io::sink()).map_err(gz_err)?;
-    }
-
+    } = d;
     let (affine, affine_source) = header_affine(&header, spacing).map_err(err)?;
 
     let (scl_slope, scl_inter) = effective_scaling(header.scl_slope, header.scl_inter);

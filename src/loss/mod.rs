@@ -1,9 +1,13 @@
 //! Losses (eqs 17–20): soft Dice + cross-entropy per branch, the alignment loss
 //! (InfoNCE + cosine) per RL-XAlign module, and AGWD balancing.
 
+pub mod class_softmax;
+
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
+
+use self::class_softmax::{log_softmax_classes, softmax_classes};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -77,12 +81,15 @@ pub fn soft_dice_from_probs(probs: Tensor<5>, target: Tensor<5>, smooth: f64) ->
 
 /// Soft Dice loss of logits `[B, K, D, H, W]` against a one-hot target.
 pub fn dice_loss(logits: Tensor<5>, target: Tensor<5>, smooth: f64) -> Tensor<1> {
-    soft_dice_from_probs(softmax(logits, 1), target, smooth)
+    soft_dice_from_probs(softmax_classes(logits), target, smooth)
 }
 
 /// Mean voxel-wise cross-entropy of logits against a one-hot target.
 pub fn ce_loss(logits: Tensor<5>, target: Tensor<5>) -> Tensor<1> {
-    (log_softmax(logits, 1) * target).sum_dim(1).mean().neg()
+    (log_softmax_classes(logits) * target)
+        .sum_dim(1)
+        .mean()
+        .neg()
 }
 
 /// Window-pooled embeddings `[B·nW, C]` of a map `[B, C, D, H, W]`.

@@ -182,3 +182,28 @@ impl Report {
         s
     }
 }
+
+/// The paper's Table 2 in Markdown: one row per variant, mean Dice (%) and HD95 (mm) of
+/// each modality ("–" where a modality has no score).
+pub fn ablation_table(rows: &[(String, Report)]) -> String {
+    use crate::data::layout::Modality;
+    let mut t = String::from(
+        "| Variant | CT Dice % | MRI Dice % | CT HD95 mm | MRI HD95 mm |\n|---|---|---|---|---|\n",
+    );
+    for (v, r) in rows {
+        let get = |m: Modality| r.means.iter().find(|x| x.modality == m.to_string());
+        let f = |x: Option<f64>, s: f64| {
+            x.map(|v| format!("{:.1}", v * s))
+                .unwrap_or_else(|| "–".into())
+        };
+        let (ct, mr) = (get(Modality::Ct), get(Modality::Mr));
+        t.push_str(&format!(
+            "| {v} | {} | {} | {} | {} |\n",
+            f(ct.and_then(|m| m.mean_dice), 100.0),
+            f(mr.and_then(|m| m.mean_dice), 100.0),
+            f(ct.and_then(|m| m.mean_hd95), 1.0),
+            f(mr.and_then(|m| m.mean_hd95), 1.0)
+        ));
+    }
+    t
+}

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::io::Volume;
-use crate::io::labels::{LABEL_VALUES, STRUCTURES, class_of_value};
+use crate::io::labels::{LABEL_VALUES, NUM_STRUCTURES, STRUCTURES, class_of_value};
 
 /// Density of myocardium used for the LV mass (g/mL), as in cardiac MR and CT reports.
 pub const MYOCARDIAL_DENSITY_G_PER_ML: f64 = 1.05;
@@ -55,9 +55,9 @@ pub fn statistics(
     );
     let vox_ml = voxel_volume_mm3(labels) / 1000.0;
     // Welford per structure, in f64
-    let mut n = [0u64; 7];
-    let mut mean = [0.0f64; 7];
-    let mut m2 = [0.0f64; 7];
+    let mut n = [0u64; NUM_STRUCTURES];
+    let mut mean = [0.0f64; NUM_STRUCTURES];
+    let mut m2 = [0.0f64; NUM_STRUCTURES];
     for (&l, &x) in labels.data.iter().zip(image.data.iter()) {
         let Some(c) = class_of_value(l as i32)
             .filter(|&c| c > 0)

@@ -116,7 +116,7 @@ fn softmax_row(s: &mut [f32]) {
     for v in s.iter_mut() {
         *v -= m;
     }
-    burn_dispatch::backends::flex::ops::unary::exp_f32_in_place(s);
+    super::exp::exp_in_place(s);
     let mut acc = [0.0f32; LANES];
     let c = s.chunks_exact(LANES);
     let tail: f32 = c.remainder().iter().sum();
@@ -279,7 +279,7 @@ fn forward_head(
         for (v, &m) in row.iter_mut().zip(&s.max) {
             *v -= m;
         }
-        burn_dispatch::backends::flex::ops::unary::exp_f32_in_place(row);
+        super::exp::exp_in_place(row);
         for (z, &v) in s.inv.iter_mut().zip(row.iter()) {
             *z += v;
         }
@@ -368,20 +368,45 @@ fn backward_head(
     scatter_t(&s.dvt, c, h * d, d, n, dv);
 }
 
-/// A raw pointer that workers write disjoint windows of.
+/// A raw pointer into an output buffer that workers write disjoint windows of.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+struct OutPtr {
+    ptr: *mut f32,
+    /// The buffer's length in elements.
+    len: usize,
+}
+
+// SAFETY: the pointer is only dereferenced through `window`, whose callers hand each
+// window to one worker at a time; the buffer outlives the parallel loop that uses it
 unsafe impl Send for OutPtr {}
+// SAFETY: as for Send
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
+    fn new(buf: &mut [f32]) -> OutPtr {
+        OutPtr {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        }
+    }
+
     /// Window `i` (`len` elements each).
     ///
     /// # Safety
-    /// No two live slices may cover the same window.
+    /// The buffer is alive and not otherwise accessed while the slice lives, and no two
+    /// live slices cover the same window.
+    ///
+    /// # Panics
+    /// If the window lies outside the buffer.
     #[allow(clippy::mut_from_ref)]
     unsafe fn window(&self, i: usize, len: usize) -> &mut [f32] {
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(i * len), len) }
+        assert!(
+            (i + 1) * len <= self.len,
+            "window {i} of {len} outside {}",
+            self.len
+        );
+        // SAFETY: inside the buffer (asserted); exclusive by the caller's guarantee
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * len), len) }
     }
 }
 
@@ -420,6 +445,7 @@ fn backward_group(
         let dq = unsafe { ptrs[0].window(iq, ws) };
         for rep in 0..sh.reps {
             let i = rep * sh.bq + iq;
+            // SAFETY: as above
             let (dk, dv) = unsafe { (ptrs[1].window(i, ws), ptrs[2].window(i, ws)) };
             for h in 0..sh.heads {
                 let db = want_bias.then(|| &mut dbias[h * nn..(h + 1) * nn]);
@@ -468,7 +494,7 @@ pub fn forward(x: &AttnInputs, sh: &AttnShape) -> Vec<f32> {
         ..*x
     };
     let mut out = vec![0.0f32; sh.bq * sh.reps * sh.window()];
-    let ptr = OutPtr(out.as_mut_ptr());
+    let ptr = OutPtr::new(&mut out);
     groups(sh.bq)
         .into_par_iter()
         .for_each(|g| forward_group_mv(&xt, sh, g, ptr));
@@ -498,9 +524,9 @@ pub fn backward(x: &AttnInputs, go: &[f32], sh: &AttnShape, want_bias: bool) -> 
     let mut dk = vec![0.0f32; x.k.len()];
     let mut dv = vec![0.0f32; x.v.len()];
     let ptrs = [
-        OutPtr(dq.as_mut_ptr()),
-        OutPtr(dk.as_mut_ptr()),
-        OutPtr(dv.as_mut_ptr()),
+        OutPtr::new(&mut dq),
+        OutPtr::new(&mut dk),
+        OutPtr::new(&mut dv),
     ];
     let parts: Vec<Vec<f32>> = groups(sh.bq)
         .into_par_iter()

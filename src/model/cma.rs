@@ -99,6 +99,29 @@ mod tests {
         }
     }
 
+    /// One query token's softmax attention over a window's keys and values, head by head.
+    fn naive_attend(q: &[f32], k: &[Vec<f32>], v: &[Vec<f32>], heads: usize) -> Vec<f32> {
+        let c = q.len();
+        let hd = c / heads;
+        let mut o = vec![0.0f32; c];
+        for hh in 0..heads {
+            let r = hh * hd..(hh + 1) * hd;
+            let s: Vec<f32> = k
+                .iter()
+                .map(|kj| r.clone().map(|e| q[e] * kj[e]).sum::<f32>() / (hd as f32).sqrt())
+                .collect();
+            let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
+            let z: f32 = e.iter().sum();
+            for (j, vj) in v.iter().enumerate() {
+                for ee in r.clone() {
+                    o[ee] += e[j] / z * vj[ee];
+                }
+            }
+        }
+        o
+    }
+
     /// Plain loops: for each window, layer-normalise the tokens, project, and run
     /// softmax attention head by head, exactly as eqs 1–5 read.
     fn naive(cma: &Cma, p: &[f32], a: &[f32], c: usize, dims: [usize; 3], w: usize) -> Vec<f32> {
@@ -142,7 +165,6 @@ mod tests {
                 .collect()
         };
         let heads = cma.heads;
-        let hd = c / heads;
         let mut out = vec![0.0f32; c * d * h * wd];
         for z0 in (0..padded[0]).step_by(ws[0]) {
             for y0 in (0..padded[1]).step_by(ws[1]) {
@@ -165,25 +187,7 @@ mod tests {
                     let k: Vec<Vec<f32>> = ta.iter().map(|t| proj(t, &wk, &bk)).collect();
                     let v: Vec<Vec<f32>> = ta.iter().map(|t| proj(t, &wv, &bv)).collect();
                     for (i, p3) in pos.iter().enumerate() {
-                        let mut o = vec![0.0f32; c];
-                        for hh in 0..heads {
-                            let r = hh * hd..(hh + 1) * hd;
-                            let s: Vec<f32> = k
-                                .iter()
-                                .map(|kj| {
-                                    r.clone().map(|e| q[i][e] * kj[e]).sum::<f32>()
-                                        / (hd as f32).sqrt()
-                                })
-                                .collect();
-                            let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                            let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
-                            let z: f32 = e.iter().sum();
-                            for (j, vj) in v.iter().enumerate() {
-                                for ee in r.clone() {
-                                    o[ee] += e[j] / z * vj[ee];
-                                }
-                            }
-                        }
+                        let o = naive_attend(&q[i], &k, &v, heads);
                         let y = proj(&o, &wo, &bo);
                         if p3[0] < d && p3[1] < h && p3[2] < wd {
                             for ch in 0..c {

@@ -1,7 +1,8 @@
-//! The network's 3D convolutions. On the CPU backend: Burn's `Conv3d` as it is (the
-//! fast kernels of the patched flex backend). On other backends (the GPU): the same
-//! convolution cut into slabs along depth (and height), so that no slab has more than
-//! [`MAX_SLAB_VOXELS`] output voxels, with the same result.
+//! The network's 3D convolutions: a Burn `Conv3d` (its record is what checkpoints hold)
+//! applied by [`forward`]. On the CPU backend: this crate's own convolution operation
+//! (`conv3d`: direct and im2col + GEMM kernels, forward and backward). On other backends
+//! (the GPU): Burn's convolution, cut into slabs along depth (and height) so that no
+//! slab has more than [`MAX_SLAB_VOXELS`] output voxels, with the same result.
 //!
 //! Why: Burn 0.22.1's GPU backend computes a convolution's weight gradient as a
 //! convolution of the input by the output gradient, so that gradient's spatial size is
@@ -28,22 +29,27 @@ use super::flex_op;
 /// passed, 24 576 failed, on lavapipe with Burn 0.22.1).
 pub const MAX_SLAB_VOXELS: usize = 1 << 14;
 
-/// `conv.forward(x)`, in slabs on backends other than the CPU (see the module note).
+/// `conv.forward(x)`: by this crate's kernels on the CPU backend, in slabs on other
+/// backends (see the module note).
 pub fn forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     let explicit = match conv.padding {
         PaddingConfig3d::Explicit(a, b, c) => Some([a, b, c]),
         PaddingConfig3d::Valid => Some([0, 0, 0]),
         _ => None,
     };
-    match explicit {
-        Some(pad)
-            if conv.dilation == [1, 1, 1]
-                && out_dims(conv, &x.dims(), pad).iter().product::<usize>() > MAX_SLAB_VOXELS
-                && flex_op::place(&x).is_none() =>
-        {
-            in_slabs(conv, x, pad)
-        }
-        _ => conv.forward(x),
+    let Some(pad) = explicit else {
+        return conv.forward(x);
+    };
+    if flex_op::place(&x).is_some() {
+        let options = ConvOptions::new(conv.stride, pad, conv.dilation, conv.groups);
+        let bias = conv.bias.as_ref().map(|b| b.val());
+        return super::conv3d::conv3d(x, conv.weight.val(), bias, options);
+    }
+    let big = out_dims(conv, &x.dims(), pad).iter().product::<usize>() > MAX_SLAB_VOXELS;
+    if conv.dilation == [1, 1, 1] && big {
+        in_slabs(conv, x, pad)
+    } else {
+        conv.forward(x)
     }
 }
 

@@ -51,6 +51,7 @@ macro_rules! multiversioned {
                 match $crate::model::simd::isa() {
                     // SAFETY: the CPU has these features (checked by `isa`)
                     $crate::model::simd::Isa::Avx512 => return unsafe { v4($($arg),*) },
+                    // SAFETY: as above
                     $crate::model::simd::Isa::Avx2 => return unsafe { v3($($arg),*) },
                     $crate::model::simd::Isa::Base => {}
                 }

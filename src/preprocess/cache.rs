@@ -7,12 +7,11 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{
-    CtStats, PreprocessConfig, normalise_ct, normalise_mr, resample_linear, resample_nearest,
-};
+use super::{CtStats, PreprocessConfig, labels_to_working_grid, to_working_grid};
+use crate::io::labels::NUM_CLASSES;
 use crate::io::labels::labels_to_classes;
 use crate::io::layout::{Case, Modality};
-use crate::io::{DType, Reorientation, Volume, read_nifti, to_ras, write_atomically, write_nifti};
+use crate::io::{DType, Reorientation, Volume, read_nifti, write_atomically, write_nifti};
 
 /// A case ready for the network: RAS, resampled to the target spacing, normalised.
 #[derive(Clone, Debug)]
@@ -39,7 +38,7 @@ fn file_hash(h: &mut Sha256, p: &Path) -> anyhow::Result<()> {
 }
 
 fn class_voxels(labels: &Option<Volume<u8>>) -> Vec<Vec<u32>> {
-    let mut out = vec![Vec::new(); 8];
+    let mut out = vec![Vec::new(); NUM_CLASSES];
     if let Some(l) = labels {
         for (i, &c) in l.data.iter().enumerate() {
             if c > 0 {
@@ -90,16 +89,8 @@ pub fn prepare_case(
         }
     }
     let (raw, _) = read_nifti::<f32>(&case.image)?;
-    let (ras, reo) = to_ras(&raw);
-    let target = [cfg.spacing; 3];
-    let mut image = resample_linear(&ras, target);
-    match case.modality {
-        Modality::Ct => normalise_ct(
-            &mut image.data,
-            ct_stats.context("CT statistics must be fitted before CT cases are prepared")?,
-        ),
-        Modality::Mr => normalise_mr(&mut image.data, cfg),
-    }
+    let work = to_working_grid(&raw, case.modality, cfg, ct_stats)?;
+    let (image, reo) = (work.image, work.reorientation);
     let labels = match &case.label {
         None => None,
         Some(lp) => {
@@ -112,8 +103,7 @@ pub fn prepare_case(
                 raw.shape()
             );
             let cls = labels_to_classes(&lab, lp)?;
-            let (cls_ras, _) = to_ras(&cls);
-            Some(resample_nearest(&cls_ras, target))
+            Some(labels_to_working_grid(&cls, cfg))
         }
     };
     std::fs::create_dir_all(cache_dir)

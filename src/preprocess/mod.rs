@@ -11,7 +11,8 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::io::Volume;
+use crate::io::layout::Modality;
+use crate::io::{Reorientation, Volume, to_ras};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -124,6 +125,53 @@ pub fn normalise_mr(image: &mut Array3<f32>, cfg: &PreprocessConfig) {
         .max(1e-8);
     let (m, sd) = (mean as f32, std as f32);
     image.par_mapv_inplace(|x| (x.clamp(lo, hi) - m) / sd);
+}
+
+/// An image on the working grid, and the way back to its own.
+#[derive(Clone, Debug)]
+pub struct Working {
+    /// RAS, at the isotropic working spacing, normalised.
+    pub image: Volume<f32>,
+    /// From the image's own axes to RAS.
+    pub reorientation: Reorientation,
+    /// The RAS grid before resampling.
+    pub ras_spacing: [f64; 3],
+    pub ras_shape: [usize; 3],
+}
+
+/// The preprocessing of an image, one function for the training cache and for inference
+/// alike (nnU-Net's `run_case`): RAS reorientation, trilinear resampling to
+/// `cfg.spacing` in every direction, and the modality's normalisation (CT with the
+/// run's fitted statistics, which must be given; MRI per volume).
+pub fn to_working_grid(
+    image: &Volume<f32>,
+    modality: Modality,
+    cfg: &PreprocessConfig,
+    ct_stats: Option<&CtStats>,
+) -> anyhow::Result<Working> {
+    let (ras, reorientation) = to_ras(image);
+    let mut work = resample_linear(&ras, [cfg.spacing; 3]);
+    match modality {
+        Modality::Ct => {
+            let stats = ct_stats.ok_or_else(|| {
+                anyhow::anyhow!("CT statistics must be fitted before CT cases are prepared")
+            })?;
+            normalise_ct(&mut work.data, stats)
+        }
+        Modality::Mr => normalise_mr(&mut work.data, cfg),
+    }
+    Ok(Working {
+        image: work,
+        reorientation,
+        ras_spacing: ras.spacing,
+        ras_shape: ras.shape(),
+    })
+}
+
+/// A class map on the working grid of its image: RAS, nearest-neighbour resampled.
+pub fn labels_to_working_grid(classes: &Volume<u8>, cfg: &PreprocessConfig) -> Volume<u8> {
+    let (ras, _) = to_ras(classes);
+    resample_nearest(&ras, [cfg.spacing; 3])
 }
 
 /// The grid a volume of `shape` and `spacing` gets at `target` spacing: same first

@@ -2,36 +2,34 @@
 //! set's foreground, stored as `plan.json` in the run folder with the
 //! preprocessing settings they were fitted under.
 
-use std::path::Path;
-
 use anyhow::Context;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{CtStats, PreprocessConfig, fit_ct_stats, sample_foreground};
 use crate::io::layout::{Dataset, Modality, Split};
-use crate::io::write_atomically;
 use crate::seed::derive_seed;
 
-/// Fit (or load) the CT statistics of a run.
-pub fn plan(
-    preprocess: &PreprocessConfig,
-    seed: u64,
-    ds: &Dataset,
-    out: &Path,
-) -> anyhow::Result<CtStats> {
-    let path = out.join("plan.json");
-    #[derive(Serialize, Deserialize)]
-    struct Plan {
-        preprocess: PreprocessConfig,
-        ct_stats: CtStats,
+/// `plan.json`: the preprocessing settings and the CT statistics fitted under them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub preprocess: PreprocessConfig,
+    pub ct_stats: CtStats,
+}
+
+impl Plan {
+    /// Parse a plan (the text of `plan.json`, or a model file's copy of it).
+    pub fn from_json(text: &str) -> anyhow::Result<Plan> {
+        serde_json::from_str(text).map_err(|e| {
+            anyhow::anyhow!(
+                "damaged ({e}); delete it to fit the CT statistics again, or train again"
+            )
+        })
     }
-    if let Ok(s) = std::fs::read_to_string(&path)
-        && let Ok(p) = serde_json::from_str::<Plan>(&s)
-        && p.preprocess == *preprocess
-    {
-        return Ok(p.ct_stats);
-    }
+}
+
+/// Fit the CT statistics on the training set's foreground.
+pub fn fit_plan(preprocess: &PreprocessConfig, seed: u64, ds: &Dataset) -> anyhow::Result<Plan> {
     let cases = ds.select(Modality::Ct, Split::Train);
     let samples: Vec<Vec<f32>> = cases
         .par_iter()
@@ -54,14 +52,9 @@ pub fn plan(
             ))
         })
         .collect::<anyhow::Result<_>>()?;
-    let stats = fit_ct_stats(samples.concat(), preprocess)?;
-    write_atomically(
-        &path,
-        serde_json::to_string_pretty(&Plan {
-            preprocess: preprocess.clone(),
-            ct_stats: stats.clone(),
-        })?
-        .as_bytes(),
-    )?;
-    Ok(stats)
+    let ct_stats = fit_ct_stats(samples.concat(), preprocess)?;
+    Ok(Plan {
+        preprocess: preprocess.clone(),
+        ct_stats,
+    })
 }

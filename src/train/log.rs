@@ -1,96 +1,42 @@
-//! The run's log: `metrics.jsonl` (one line per step, epoch and PPO update) and
-//! the plots redrawn from it.
+//! The plots redrawn from the run's log (`metrics.jsonl`, `crate::run::log`), and the
+//! PPO updates' lines.
 
-use std::io::Write;
 use std::path::Path;
 
-use anyhow::Context;
-
 use super::plots;
-use crate::io::write_atomically;
 use crate::rl::UpdateStats;
-
-/// Append-only `metrics.jsonl`.
-pub struct Metrics {
-    file: std::fs::File,
-}
-
-impl Metrics {
-    /// Open for appending; on resume from a checkpoint after `steps_done` steps, keep
-    /// only the lines of those steps (a killed run may have logged later steps, and
-    /// its last line may be torn), so the file matches an uninterrupted run's.
-    pub fn open(path: &Path, steps_done: Option<u64>) -> anyhow::Result<Metrics> {
-        if let Some(done) = steps_done
-            && path.exists()
-        {
-            let text = std::fs::read_to_string(path)?;
-            let kept: Vec<&str> = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
-                        v.get("step")
-                            .and_then(|s| s.as_u64())
-                            .is_none_or(|s| s < done)
-                    })
-                })
-                .collect();
-            let mut out = kept.join("\n");
-            if !out.is_empty() {
-                out.push('\n');
-            }
-            write_atomically(path, out.as_bytes())?;
-        } else if steps_done.is_none() {
-            let _ = std::fs::remove_file(path);
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("{}: cannot open", path.display()))?;
-        Ok(Metrics { file })
-    }
-
-    pub fn write(&mut self, v: &serde_json::Value) -> anyhow::Result<()> {
-        writeln!(self.file, "{v}")?;
-        Ok(())
-    }
-}
+use crate::run::{LogLine, MetricsLog, PpoLine, read_log};
 
 pub fn redraw_plots(out: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
     let mut loss = Vec::new();
     let mut val_ct = Vec::new();
     let mut val_mr = Vec::new();
-    let mut reward: Vec<Vec<(f64, f64)>> = vec![Vec::new(); 4];
-    let mut top_prob: Vec<Vec<(f64, f64)>> = vec![Vec::new(); 4];
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        match v.get("kind").and_then(|k| k.as_str()) {
-            Some("step") => loss.push((
-                v["step"].as_f64().unwrap_or(0.0),
-                v["loss"].as_f64().unwrap_or(f64::NAN),
-            )),
-            Some("epoch") => {
-                let e = v["epoch"].as_f64().unwrap_or(0.0);
-                if let Some(d) = v.get("val_mean_dice_ct").and_then(|d| d.as_f64()) {
-                    val_ct.push((e, d));
+    let mut reward: Vec<Vec<(f64, f64)>> = Vec::new();
+    let mut top_prob: Vec<Vec<(f64, f64)>> = Vec::new();
+    for line in read_log(&crate::run::RunDir::at(out).metrics_path()) {
+        match line {
+            LogLine::Step(s) => loss.push((s.step as f64, s.loss)),
+            LogLine::Epoch(e) => {
+                let x = e.epoch as f64;
+                let v = e.validation.as_ref();
+                if let Some(d) = v.and_then(|v| v.val_mean_dice_ct) {
+                    val_ct.push((x, d));
                 }
-                if let Some(d) = v.get("val_mean_dice_mr").and_then(|d| d.as_f64()) {
-                    val_mr.push((e, d));
+                if let Some(d) = v.and_then(|v| v.val_mean_dice_mr) {
+                    val_mr.push((x, d));
                 }
             }
-            Some("ppo") => {
-                let m = v["module"].as_u64().unwrap_or(0) as usize;
-                if m < 4 {
-                    let u = v["update"].as_f64().unwrap_or(0.0);
-                    reward[m].push((u, v["mean_reward"].as_f64().unwrap_or(f64::NAN)));
-                    let p = v["top3"][0][1].as_f64().unwrap_or(f64::NAN);
-                    top_prob[m].push((u, p));
+            LogLine::Ppo(p) => {
+                let m = p.module;
+                if reward.len() <= m {
+                    reward.resize(m + 1, Vec::new());
+                    top_prob.resize(m + 1, Vec::new());
                 }
+                let u = p.stats.update as f64;
+                reward[m].push((u, p.stats.mean_reward));
+                let top = p.stats.top3.first().map_or(f64::NAN, |t| t.1);
+                top_prob[m].push((u, top));
             }
-            _ => {}
         }
     }
     let w = (loss.len() / 20).max(1);
@@ -137,15 +83,15 @@ pub fn redraw_plots(out: &Path) -> anyhow::Result<()> {
 }
 
 pub fn log_ppo(
-    metrics: &mut Metrics,
+    metrics: &mut MetricsLog,
     step: u64,
     module: usize,
     u: &UpdateStats,
 ) -> anyhow::Result<()> {
     tracing::info!("ppo module {module}: {}", u.line());
-    let mut v = serde_json::to_value(u)?;
-    v["kind"] = "ppo".into();
-    v["module"] = module.into();
-    v["step"] = step.into();
-    metrics.write(&v)
+    metrics.write(&LogLine::Ppo(PpoLine {
+        module,
+        step,
+        stats: u.clone(),
+    }))
 }

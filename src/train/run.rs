@@ -13,15 +13,14 @@ use serde::Serialize;
 
 use super::alignment::alignment_report;
 use super::clip::clip_global_norm;
-use super::log::{Metrics, log_ppo, redraw_plots};
+use super::log::{log_ppo, redraw_plots};
 use super::reward::rotation_scores;
 use super::validate::{nanmean, validate};
 use crate::checkpoint::{LoopState, load_checkpoint, save_checkpoint};
 use crate::config::TrainConfig;
-use crate::data::labels::STRUCTURES;
+use crate::data::labels::{NUM_STRUCTURES, STRUCTURES};
 use crate::data::layout::{Dataset, Modality, Split, discover};
 use crate::data::sampler::{Batch, Pairing, Prefetcher};
-use crate::data::synth::render::derive_seed;
 use crate::geometry::{SignedPerm, cube_rotations};
 use crate::infer::Predictor;
 use crate::io::header::header_grid;
@@ -29,9 +28,13 @@ use crate::io::write_atomically;
 use crate::loss::{Agwd, align_loss, ce_loss, dice_loss, one_hot};
 use crate::model::{ActionMode, RlU2Net};
 use crate::preprocess::cache::{PreparedCase, prepare_case};
-use crate::preprocess::plan::plan;
+use crate::preprocess::plan::fit_plan;
 use crate::preprocess::{CtStats, resampled_shape};
 use crate::rl::PpoAgent;
+use crate::run::{
+    Checkpoint, EpochLine, LogLine, MetricsLog, RunDir, RunInfo, StepLine, Validation,
+};
+use crate::seed::derive_seed;
 
 /// Everything a run needs besides the configuration.
 pub struct TrainOptions {
@@ -57,7 +60,7 @@ pub struct TrainSummary {
 }
 
 /// The checks that must pass before any work starts.
-fn preflight(cfg: &TrainConfig, ds: &Dataset, out: &Path) -> anyhow::Result<()> {
+fn preflight(cfg: &TrainConfig, ds: &Dataset, run: &RunDir) -> anyhow::Result<()> {
     let ct = ds.select(Modality::Ct, Split::Train);
     let mr = ds.select(Modality::Mr, Split::Train);
     anyhow::ensure!(
@@ -101,13 +104,7 @@ fn preflight(cfg: &TrainConfig, ds: &Dataset, out: &Path) -> anyhow::Result<()> 
         cfg.preprocess.spacing,
         largest
     );
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("{}: cannot create the output folder", out.display()))?;
-    let probe = out.join(".write-test");
-    std::fs::write(&probe, b"ok")
-        .with_context(|| format!("{}: the output folder is not writable", out.display()))?;
-    let _ = std::fs::remove_file(probe);
-    Ok(())
+    run.create()
 }
 
 fn tensor5(v: &[f32], b: usize, p: usize, device: &Device) -> Tensor<5> {
@@ -130,9 +127,9 @@ fn prepare_cases(
     cfg: &TrainConfig,
     ds: &Dataset,
     stats: &CtStats,
-    out: &Path,
+    run: &RunDir,
 ) -> anyhow::Result<Cases> {
-    let cache = out.join("preprocessed");
+    let cache = run.preprocessed_dir();
     let prep = |m: Modality| -> anyhow::Result<Vec<PreparedCase>> {
         ds.select(m, Split::Train)
             .par_iter()
@@ -203,6 +200,14 @@ struct StepResult {
     grad_norm: f64,
 }
 
+/// The loss of one step (eq. 20) and its parts.
+struct Losses {
+    total: Tensor<1>,
+    dice: [f64; 2],
+    ce: [f64; 2],
+    align: f64,
+}
+
 /// The mutable pieces of a run that a step advances.
 struct Trainer<'a> {
     cfg: &'a TrainConfig,
@@ -213,7 +218,164 @@ struct Trainer<'a> {
     state: LoopState,
 }
 
-impl Trainer<'_> {
+/// Each agent's rotations for one step and their log-probabilities.
+type Actions = Vec<(Vec<usize>, Vec<f32>)>;
+
+impl<'a> Trainer<'a> {
+    /// A new run's network and agents from the seed, or those of the last checkpoint.
+    fn start(
+        cfg: &'a TrainConfig,
+        device: &Device,
+        run: &RunDir,
+        resume: bool,
+    ) -> anyhow::Result<Self> {
+        let device = device.clone().autodiff();
+        let model = init_model(cfg, &device);
+        let n_modules = model.align.len();
+        let mut t = Trainer {
+            cfg,
+            device,
+            model,
+            optim: AdamWConfig::new()
+                .with_weight_decay(cfg.optim.weight_decay as f32)
+                .init(),
+            agents: (0..n_modules)
+                .map(|m| PpoAgent::new(cfg.ppo.clone(), derive_seed(cfg.seed, &[0xa9e, m as u64])))
+                .collect(),
+            state: LoopState {
+                step: 0,
+                agwd_dice: Agwd::default(),
+                agwd_ce: Agwd::default(),
+                best_val_dice: None,
+                best_epoch: None,
+                total_steps: None,
+            },
+        };
+        if !resume {
+            let thetas: Vec<Vec<f32>> = t.agents.iter().map(|a| a.theta_f32()).collect();
+            t.model = t.model.clone().with_thetas(&thetas);
+            return Ok(t);
+        }
+        let last = run.checkpoint_dir(Checkpoint::Last);
+        anyhow::ensure!(
+            crate::checkpoint::resolve(&last)
+                .join("state.json")
+                .exists(),
+            "{}: no checkpoint to resume from",
+            last.display()
+        );
+        let (m, o, a, s) = load_checkpoint(&last, t.model.clone(), t.optim)?;
+        anyhow::ensure!(
+            a.len() == n_modules,
+            "{}: the checkpoint's agents do not match the configuration",
+            last.display()
+        );
+        (t.model, t.optim, t.agents, t.state) = (m, o, a, s);
+        Ok(t)
+    }
+
+    /// The steps of the schedule: fitted to the time budget, or the configuration's.
+    fn total(&self) -> u64 {
+        self.state.total_steps.unwrap_or(self.cfg.total_steps())
+    }
+
+    /// Each agent's rotations for a cross-modal batch (none for a self-paired one).
+    fn act(&mut self, batch: &Batch) -> Actions {
+        if batch.self_paired {
+            return Vec::new();
+        }
+        let k_sel = self.cfg.model.k_sel;
+        self.agents.iter_mut().map(|a| a.act(k_sel)).collect()
+    }
+
+    /// Segmentation losses of both branches, balanced by AGWD, plus the alignment loss.
+    fn losses(
+        &mut self,
+        out: crate::model::rlu2net::RlU2NetOutput,
+        t_ct: Tensor<5>,
+        t_mr: Tensor<5>,
+    ) -> Losses {
+        let cfg = self.cfg;
+        let dice_ct = dice_loss(out.logits_ct.clone(), t_ct.clone(), cfg.loss.dice_smooth);
+        let dice_mr = dice_loss(out.logits_mr.clone(), t_mr.clone(), cfg.loss.dice_smooth);
+        let ce_ct = ce_loss(out.logits_ct, t_ct);
+        let ce_mr = ce_loss(out.logits_mr, t_mr);
+        let dice = [scalar(&dice_ct), scalar(&dice_mr)];
+        let ce = [scalar(&ce_ct), scalar(&ce_mr)];
+        let (l_dice, l_ce) = if cfg.loss.no_agwd {
+            (dice_ct + dice_mr, ce_ct + ce_mr)
+        } else {
+            (
+                self.state.agwd_dice.balance(dice_ct, dice_mr, &cfg.loss),
+                self.state.agwd_ce.balance(ce_ct, ce_mr, &cfg.loss),
+            )
+        };
+        let mut total = l_dice + l_ce;
+        let align = out.align.iter().map(|a| {
+            let mut l = align_loss(a.aligned_ct.clone(), a.primary_ct.clone(), &cfg.loss);
+            if let (Some(am), Some(pm)) = (&a.aligned_mr, &a.primary_mr) {
+                l = l + align_loss(am.clone(), pm.clone(), &cfg.loss);
+            }
+            l
+        });
+        let mut align_total = 0.0;
+        if let Some(align) = align.reduce(|x, y| x + y) {
+            align_total = scalar(&align);
+            if !cfg.loss.no_align_loss {
+                total = total + align.mul_scalar(cfg.loss.lambda_align);
+            }
+        }
+        Losses {
+            total,
+            dice,
+            ce,
+            align: align_total,
+        }
+    }
+
+    /// The probe's rotation scores of the rotations each agent took (none without agents
+    /// or for a self-paired batch).
+    fn probe_scores(&self, batch: &Batch, taken: &[Vec<usize>]) -> Vec<Vec<f64>> {
+        match (&batch.probe, batch.self_paired) {
+            (Some(probe), false) if !self.agents.is_empty() => {
+                let inner = self.device.clone().inner();
+                let s = rotation_scores(&self.model.valid(), probe, self.cfg.model.patch, &inner);
+                taken
+                    .iter()
+                    .map(|acts| acts.iter().map(|&a| s[a]).collect())
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// One reward per rotation taken (eq. 9: segmentation quality plus the rotation's
+    /// score), recorded as PPO transitions; returns the rewards and each module's mean
+    /// score (NaN when nothing was scored).
+    fn record_rewards(
+        &mut self,
+        sims: &[Vec<f64>],
+        acts: &Actions,
+        dice: [f64; 2],
+        progress_frac: f64,
+    ) -> (Vec<Vec<f64>>, Vec<f64>) {
+        let l_dice_mean = (dice[0] + dice[1]) / 2.0;
+        let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
+        let mut rewards = Vec::with_capacity(sims.len());
+        for (m, s) in sims.iter().enumerate() {
+            let r: Vec<f64> = s.iter().map(|x| (1.0 - l_dice_mean) + x).collect();
+            let state = [1.0 - l_dice_mean, mean(s), progress_frac];
+            self.agents[m].record(&acts[m].0, &acts[m].1, &r, state);
+            rewards.push(r);
+        }
+        let s_sim = if sims.is_empty() {
+            vec![f64::NAN; self.agents.len()]
+        } else {
+            sims.iter().map(|s| mean(s)).collect()
+        };
+        (rewards, s_sim)
+    }
+
     /// Forward, losses (eq. 20), backward, clipping and the optimiser step; then the
     /// PPO transitions of the rotations taken (eqs 8–9), one reward per rotation.
     fn step(
@@ -234,14 +396,7 @@ impl Trainer<'_> {
         let mr = tensor5(&batch.mr, b, p, dev);
         let t_ct = one_hot(&batch.ct_labels, b, k, [p; 3], dev);
         let t_mr = one_hot(&batch.mr_labels, b, k, [p; 3], dev);
-        let acts: Vec<(Vec<usize>, Vec<f32>)> = if batch.self_paired {
-            Vec::new()
-        } else {
-            self.agents
-                .iter_mut()
-                .map(|a| a.act(cfg.model.k_sel))
-                .collect()
-        };
+        let acts = self.act(batch);
         let fixed: Vec<Vec<usize>> = acts.iter().map(|a| a.0.clone()).collect();
         let mut mode = if batch.self_paired {
             ActionMode::Identity
@@ -251,84 +406,25 @@ impl Trainer<'_> {
         let out = self
             .model
             .forward::<rand_chacha::ChaCha8Rng>(ct, mr, &mut mode);
-        let dice_ct = dice_loss(out.logits_ct.clone(), t_ct.clone(), cfg.loss.dice_smooth);
-        let dice_mr = dice_loss(out.logits_mr.clone(), t_mr.clone(), cfg.loss.dice_smooth);
-        let ce_ct = ce_loss(out.logits_ct, t_ct);
-        let ce_mr = ce_loss(out.logits_mr, t_mr);
-        let dice = [scalar(&dice_ct), scalar(&dice_mr)];
-        let ce = [scalar(&ce_ct), scalar(&ce_mr)];
-        let (l_dice, l_ce) = if cfg.loss.no_agwd {
-            (dice_ct + dice_mr, ce_ct + ce_mr)
-        } else {
-            (
-                self.state.agwd_dice.balance(dice_ct, dice_mr, &cfg.loss),
-                self.state.agwd_ce.balance(ce_ct, ce_mr, &cfg.loss),
-            )
-        };
-        let mut loss = l_dice + l_ce;
-        let mut align_total = 0.0;
-        if !out.align.is_empty() {
-            let align = out
-                .align
-                .iter()
-                .map(|a| {
-                    let mut l = align_loss(a.aligned_ct.clone(), a.primary_ct.clone(), &cfg.loss);
-                    if let (Some(am), Some(pm)) = (&a.aligned_mr, &a.primary_mr) {
-                        l = l + align_loss(am.clone(), pm.clone(), &cfg.loss);
-                    }
-                    l
-                })
-                .reduce(|x, y| x + y)
-                .expect("modules present");
-            align_total = scalar(&align);
-            if !cfg.loss.no_align_loss {
-                loss = loss + align.mul_scalar(cfg.loss.lambda_align);
-            }
-        }
-        let v_loss = scalar(&loss);
+        let l = self.losses(out, t_ct, t_mr);
+        let v_loss = scalar(&l.total);
         anyhow::ensure!(
             v_loss.is_finite(),
             "the loss became {v_loss} at step {step}; lower optim.lr"
         );
-        // the probe's scores (no agents with `no_rl_xalign`: no probe pass) need only the
-        // weights before this step's update, so they are computed while backward runs
-        let probe_scores = || -> Vec<Vec<f64>> {
-            match (&batch.probe, batch.self_paired) {
-                (Some(probe), false) if !self.agents.is_empty() => {
-                    let inner = self.device.clone().inner();
-                    let s = rotation_scores(&self.model.valid(), probe, p, &inner);
-                    fixed
-                        .iter()
-                        .map(|acts| acts.iter().map(|&a| s[a]).collect())
-                        .collect()
-                }
-                _ => Vec::new(),
-            }
-        };
-        let (sims, raw_grads) = rayon::join(probe_scores, || loss.backward());
+        // the probe's scores need only the weights before this step's update, so they are
+        // computed while backward runs
+        let (sims, raw_grads) =
+            rayon::join(|| self.probe_scores(batch, &fixed), || l.total.backward());
         let mut grads = GradientsParams::from_grads(raw_grads, &self.model);
         let grad_norm = clip_global_norm(&self.model, &mut grads, cfg.optim.grad_clip_norm);
         self.model = self.optim.step(lr, self.model.clone(), grads);
-
-        let l_dice_mean = (dice[0] + dice[1]) / 2.0;
-        let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
-        let mut rewards = Vec::with_capacity(sims.len());
-        for (m, s) in sims.iter().enumerate() {
-            let r: Vec<f64> = s.iter().map(|x| (1.0 - l_dice_mean) + x).collect();
-            let state = [1.0 - l_dice_mean, mean(s), progress_frac];
-            self.agents[m].record(&acts[m].0, &acts[m].1, &r, state);
-            rewards.push(r);
-        }
-        let s_sim = if sims.is_empty() {
-            vec![f64::NAN; self.agents.len()]
-        } else {
-            sims.iter().map(|s| mean(s)).collect()
-        };
+        let (rewards, s_sim) = self.record_rewards(&sims, &acts, l.dice, progress_frac);
         Ok(StepResult {
             loss: v_loss,
-            dice,
-            ce,
-            align: align_total,
+            dice: l.dice,
+            ce: l.ce,
+            align: l.align,
             s_sim,
             rewards,
             actions: fixed,
@@ -337,7 +433,7 @@ impl Trainer<'_> {
     }
 
     /// Run PPO updates that are due; write θ back into the network.
-    fn update_agents(&mut self, metrics: &mut Metrics, step: u64) -> anyhow::Result<()> {
+    fn update_agents(&mut self, metrics: &mut MetricsLog, step: u64) -> anyhow::Result<()> {
         let mut updated = false;
         for (m, agent) in self.agents.iter_mut().enumerate() {
             if let Some(u) = agent.maybe_update() {
@@ -351,6 +447,62 @@ impl Trainer<'_> {
         }
         Ok(())
     }
+
+    /// Validate on the held-out cases; save `best` when the mean Dice improved.
+    fn validate(&mut self, run: &RunSetup, epoch_done: u64) -> anyhow::Result<Validation> {
+        let cfg = self.cfg;
+        let p = Predictor::from_parts(
+            cfg.clone(),
+            run.ct_stats.clone(),
+            self.model.valid(),
+            self.device.clone().inner(),
+            cfg.val_overlap,
+            false,
+        );
+        let (d_ct, d_mr) = validate(&p, &run.cases.ct_val, &run.cases.mr_val);
+        let (v, score) = validation(&d_ct, &d_mr);
+        if score.is_finite() && self.state.best_val_dice.is_none_or(|b| score > b) {
+            self.state.best_val_dice = Some(score);
+            self.state.best_epoch = Some(epoch_done);
+            let best = run.dir.checkpoint_dir(Checkpoint::Best);
+            save_checkpoint(&best, &self.model, &self.optim, &self.agents, &self.state)?;
+        }
+        Ok(v)
+    }
+
+    /// The end of an epoch (or of the run): validation when due, the epoch line, the
+    /// `last` checkpoint, `alignment.json` and the plots.
+    fn end_of_epoch(
+        &mut self,
+        run: &RunSetup,
+        metrics: &mut MetricsLog,
+        validate_now: bool,
+        clock: &Clock,
+    ) -> anyhow::Result<()> {
+        let epoch_done = self.state.step.div_ceil(self.cfg.steps_per_epoch.max(1));
+        let validation = if validate_now {
+            Some(self.validate(run, epoch_done)?)
+        } else {
+            None
+        };
+        metrics.write(&LogLine::Epoch(EpochLine {
+            epoch: epoch_done,
+            step: self.state.step - 1,
+            validation,
+            seconds: clock.seconds(),
+        }))?;
+        let last = run.dir.checkpoint_dir(Checkpoint::Last);
+        save_checkpoint(&last, &self.model, &self.optim, &self.agents, &self.state)?;
+        let report = alignment_report(&self.agents, run.pose.as_ref(), self.state.step);
+        write_atomically(
+            &run.dir.alignment_path(),
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
+        if let Err(e) = redraw_plots(run.dir.root()) {
+            tracing::warn!("plots: {e:#}");
+        }
+        Ok(())
+    }
 }
 
 /// The steps of the run's schedule: the configuration's, or — under a time budget —
@@ -360,54 +512,72 @@ impl Trainer<'_> {
 /// does. The fitted value is part of the checkpointed state.
 const FIT_AFTER: u64 = 20;
 
-fn fitted_total(
-    cfg: &TrainConfig,
-    state: &LoopState,
+/// The run's clock: when it started, when this process's loop started, and the budget.
+struct Clock {
+    t0: Instant,
     loop_start: Instant,
     first_step: u64,
-    t0: Instant,
-    epoch_end: bool,
-) -> Option<u64> {
-    let done = state.step.saturating_sub(first_step);
-    let due = match state.total_steps {
-        None => done >= FIT_AFTER,
-        Some(total) => epoch_end && state.step < total / 2,
-    };
-    if cfg.max_minutes <= 0.0 || !due {
-        return None;
-    }
-    let per_step = loop_start.elapsed().as_secs_f64() / done as f64;
-    let left = cfg.max_minutes * 60.0 - t0.elapsed().as_secs_f64();
-    // the first fit has not seen a validation yet: keep a tenth of the time for them
-    let share = if state.total_steps.is_none() {
-        0.9
-    } else {
-        0.97
-    };
-    let more = (left * share / per_step).max(0.0) as u64;
-    Some((state.step + more).clamp(state.step + 1, cfg.total_steps()))
+    /// The time budget in seconds, if any.
+    budget: Option<f64>,
 }
 
-/// The validation line of an epoch: per-structure and mean Dice of both modalities.
-fn validation_line(line: &mut serde_json::Value, d_ct: &[f64; 7], d_mr: &[f64; 7]) -> f64 {
-    let named = |d: &[f64; 7]| -> serde_json::Map<String, serde_json::Value> {
+impl Clock {
+    fn new(cfg: &TrainConfig, t0: Instant, first_step: u64) -> Clock {
+        Clock {
+            t0,
+            loop_start: Instant::now(),
+            first_step,
+            budget: (cfg.max_minutes > 0.0).then_some(cfg.max_minutes * 60.0),
+        }
+    }
+
+    fn seconds(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64()
+    }
+
+    fn out_of_time(&self) -> bool {
+        self.budget.is_some_and(|d| self.seconds() > d)
+    }
+
+    /// A new fitted schedule length, when one is due (see [`FIT_AFTER`]).
+    fn fitted_total(&self, cfg: &TrainConfig, state: &LoopState, epoch_end: bool) -> Option<u64> {
+        let done = state.step.saturating_sub(self.first_step);
+        let due = match state.total_steps {
+            None => done >= FIT_AFTER,
+            Some(total) => epoch_end && state.step < total / 2,
+        };
+        let budget = self.budget.filter(|_| due)?;
+        let per_step = self.loop_start.elapsed().as_secs_f64() / done as f64;
+        let left = budget - self.seconds();
+        // the first fit has not seen a validation yet: keep a tenth of the time for them
+        let share = if state.total_steps.is_none() {
+            0.9
+        } else {
+            0.97
+        };
+        let more = (left * share / per_step).max(0.0) as u64;
+        Some((state.step + more).clamp(state.step + 1, cfg.total_steps()))
+    }
+}
+
+/// Validation Dice per structure and modality as an epoch line's part, and the score
+/// that chooses the best checkpoint (the mean over both modalities' means).
+fn validation(d_ct: &[f64; NUM_STRUCTURES], d_mr: &[f64; NUM_STRUCTURES]) -> (Validation, f64) {
+    let named = |d: &[f64; NUM_STRUCTURES]| {
         STRUCTURES
             .iter()
             .zip(d)
-            .map(|(s, v)| {
-                (
-                    s.to_string(),
-                    serde_json::json!(v.is_finite().then_some(*v)),
-                )
-            })
+            .map(|(s, v)| (s.to_string(), v.is_finite().then_some(*v)))
             .collect()
     };
     let (m_ct, m_mr) = (nanmean(d_ct), nanmean(d_mr));
-    line["val_dice_ct"] = serde_json::Value::Object(named(d_ct));
-    line["val_dice_mr"] = serde_json::Value::Object(named(d_mr));
-    line["val_mean_dice_ct"] = serde_json::json!(m_ct.is_finite().then_some(m_ct));
-    line["val_mean_dice_mr"] = serde_json::json!(m_mr.is_finite().then_some(m_mr));
-    nanmean(&[m_ct, m_mr])
+    let v = Validation {
+        val_dice_ct: named(d_ct),
+        val_dice_mr: named(d_mr),
+        val_mean_dice_ct: m_ct.is_finite().then_some(m_ct),
+        val_mean_dice_mr: m_mr.is_finite().then_some(m_mr),
+    };
+    (v, nanmean(&[m_ct, m_mr]))
 }
 
 fn progress_bar(show: bool, total: u64, at: u64) -> indicatif::ProgressBar {
@@ -426,16 +596,34 @@ fn progress_bar(show: bool, total: u64, at: u64) -> indicatif::ProgressBar {
     pb
 }
 
-/// Train (or resume) a run.
-pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummary> {
-    let t0 = Instant::now();
+/// What the loop needs from the run folder and the data: written and prepared before
+/// the first step.
+struct RunSetup {
+    dir: RunDir,
+    ct_stats: CtStats,
+    cases: Cases,
+    pairing: Pairing,
+    pose: Option<SignedPerm>,
+}
+
+/// The checks, the run folder's `run.json`, `config.toml` and `plan.json`, and the
+/// prepared cases.
+fn set_up(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<RunSetup> {
     cfg.model.validate()?;
     let ds = discover(&opts.data)?;
-    preflight(cfg, &ds, &opts.out)?;
-    let out = &opts.out;
-    write_atomically(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
-    let ct_stats = plan(&cfg.preprocess, cfg.seed, &ds, out)?;
-    let cases = prepare_cases(cfg, &ds, &ct_stats, out)?;
+    let dir = RunDir::at(&opts.out);
+    preflight(cfg, &ds, &dir)?;
+    dir.write_info(&RunInfo::new(&opts.data))?;
+    dir.write_config(cfg)?;
+    let ct_stats = match dir.read_plan()? {
+        Some(plan) if plan.preprocess == cfg.preprocess => plan.ct_stats,
+        _ => {
+            let plan = fit_plan(&cfg.preprocess, cfg.seed, &ds)?;
+            dir.write_plan(&plan)?;
+            plan.ct_stats
+        }
+    };
+    let cases = prepare_cases(cfg, &ds, &ct_stats, &dir)?;
     let paired_set = crate::data::synth::Manifest::read(&opts.data.join("manifest.json"))
         .map(|m| m.options.paired)
         .unwrap_or(false);
@@ -444,91 +632,66 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSumm
     } else {
         Pairing::Random
     });
-    let pose = known_pose(&opts.data);
+    Ok(RunSetup {
+        dir,
+        ct_stats,
+        cases,
+        pairing,
+        pose: known_pose(&opts.data),
+    })
+}
 
-    let device = opts.device.clone().autodiff();
-    let model = init_model(cfg, &device);
-    let n_modules = model.align.len();
-    let mut t = Trainer {
-        cfg,
-        device: device.clone(),
-        model,
-        optim: AdamWConfig::new()
-            .with_weight_decay(cfg.optim.weight_decay as f32)
-            .init(),
-        agents: (0..n_modules)
-            .map(|m| PpoAgent::new(cfg.ppo.clone(), derive_seed(cfg.seed, &[0xa9e, m as u64])))
-            .collect(),
-        state: LoopState {
-            step: 0,
-            agwd_dice: Agwd::default(),
-            agwd_ce: Agwd::default(),
-            best_val_dice: None,
-            best_epoch: None,
-            total_steps: None,
-        },
-    };
-    let last_dir = out.join("checkpoints").join("last");
-    let best_dir = out.join("checkpoints").join("best");
-    if opts.resume {
-        anyhow::ensure!(
-            crate::checkpoint::resolve(&last_dir)
-                .join("state.json")
-                .exists(),
-            "{}: no checkpoint to resume from",
-            last_dir.display()
-        );
-        let (m, o, a, s) = load_checkpoint(&last_dir, t.model.clone(), t.optim)?;
-        anyhow::ensure!(
-            a.len() == n_modules,
-            "the checkpoint's agents do not match the configuration"
-        );
-        (t.model, t.optim, t.agents, t.state) = (m, o, a, s);
-    } else {
-        let thetas: Vec<Vec<f32>> = t.agents.iter().map(|a| a.theta_f32()).collect();
-        t.model = t.model.clone().with_thetas(&thetas);
-    }
-    let mut metrics = Metrics::open(
-        &out.join("metrics.jsonl"),
-        opts.resume.then_some(t.state.step),
-    )?;
+/// The step's line of `metrics.jsonl`.
+fn step_line(r: &StepResult, batch: &Batch, epoch: u64, step: u64, lr: f64) -> LogLine {
+    LogLine::Step(StepLine {
+        epoch,
+        step,
+        loss: r.loss,
+        dice_ct: r.dice[0],
+        dice_mr: r.dice[1],
+        ce_ct: r.ce[0],
+        ce_mr: r.ce[1],
+        align: r.align,
+        s_sim: r.s_sim.clone(),
+        reward: r.rewards.clone(),
+        lr,
+        grad_norm: r.grad_norm,
+        actions: r.actions.clone(),
+        self_paired: batch.self_paired,
+    })
+}
 
+/// Train (or resume) a run.
+pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummary> {
+    let t0 = Instant::now();
+    let run = set_up(cfg, opts)?;
+    let mut t = Trainer::start(cfg, &opts.device, &run.dir, opts.resume)?;
+    let mut metrics =
+        MetricsLog::open(&run.dir.metrics_path(), opts.resume.then_some(t.state.step))?;
     let spe = cfg.steps_per_epoch.max(1);
     let prefetch = Prefetcher::start(
-        Arc::new(cases.ct_train.clone()),
-        Arc::new(cases.mr_train.clone()),
-        pairing,
+        Arc::new(run.cases.ct_train.clone()),
+        Arc::new(run.cases.mr_train.clone()),
+        run.pairing,
         cfg.sampler.clone(),
         cfg.model.patch,
         cfg.seed,
         t.state.step,
         cfg.total_steps(),
     );
-    let pb = progress_bar(
-        opts.progress,
-        t.state.total_steps.unwrap_or(cfg.total_steps()),
-        t.state.step,
-    );
+    let pb = progress_bar(opts.progress, t.total(), t.state.step);
     let (mut first_loss, mut last_loss, mut stopped_early) = (None, None, false);
-    let deadline = (cfg.max_minutes > 0.0).then_some(cfg.max_minutes * 60.0);
-    let (loop_start, first_step) = (Instant::now(), t.state.step);
-    while t.state.step < t.state.total_steps.unwrap_or(cfg.total_steps()) {
-        let total = t.state.total_steps.unwrap_or(cfg.total_steps());
+    let clock = Clock::new(cfg, t0, t.state.step);
+    while t.state.step < t.total() {
         let (step, batch) = prefetch.next().context("the data loader stopped")?;
         debug_assert_eq!(step, t.state.step);
-        let epoch = step / spe;
-        let lr = cfg.optim.lr_at(step, total);
+        let (epoch, lr) = (step / spe, cfg.optim.lr_at(step, t.total()));
         let r = t.step(&batch, step, lr, epoch as f64 / cfg.epochs.max(1) as f64)?;
         t.update_agents(&mut metrics, step)?;
         t.state.step = step + 1;
         first_loss.get_or_insert(r.loss);
         last_loss = Some(r.loss);
-        metrics.write(&serde_json::json!({
-            "kind": "step", "epoch": epoch, "step": step, "loss": r.loss,
-            "dice_ct": r.dice[0], "dice_mr": r.dice[1], "ce_ct": r.ce[0], "ce_mr": r.ce[1],
-            "align": r.align, "s_sim": r.s_sim, "reward": r.rewards, "lr": lr, "grad_norm": r.grad_norm,
-            "actions": r.actions, "self_paired": batch.self_paired,
-        }))?;
+        metrics.write(&step_line(&r, &batch, epoch, step, lr))?;
         pb.set_position(t.state.step);
         pb.set_message(format!(
             "loss {:.3} dice {:.3}/{:.3}",
@@ -536,53 +699,19 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSumm
             1.0 - r.dice[0],
             1.0 - r.dice[1]
         ));
-
         let epoch_end = t.state.step.is_multiple_of(spe);
-        if let Some(n) = fitted_total(cfg, &t.state, loop_start, first_step, t0, epoch_end) {
+        if let Some(n) = clock.fitted_total(cfg, &t.state, epoch_end) {
             t.state.total_steps = Some(n);
             pb.set_length(n);
         }
-        let total = t.state.total_steps.unwrap_or(cfg.total_steps());
-        let out_of_time = deadline.is_some_and(|d| t0.elapsed().as_secs_f64() > d)
-            || opts.stop_after_steps.is_some_and(|n| t.state.step >= n);
-        let finished = t.state.step >= total;
+        let out_of_time =
+            clock.out_of_time() || opts.stop_after_steps.is_some_and(|n| t.state.step >= n);
+        let finished = t.state.step >= t.total();
         let epoch_end = epoch_end || finished;
         if epoch_end || out_of_time {
             let epoch_done = t.state.step.div_ceil(spe);
-            let mut line =
-                serde_json::json!({"kind": "epoch", "epoch": epoch_done, "step": t.state.step - 1});
-            if epoch_end
-                && (epoch_done.is_multiple_of(cfg.val_every.max(1)) || finished || out_of_time)
-            {
-                let inner = device.clone().inner();
-                let p = Predictor::from_parts(
-                    cfg.clone(),
-                    ct_stats.clone(),
-                    t.model.valid(),
-                    inner,
-                    cfg.val_overlap,
-                    false,
-                );
-                let (d_ct, d_mr) = validate(&p, &cases.ct_val, &cases.mr_val);
-                let score = validation_line(&mut line, &d_ct, &d_mr);
-                if score.is_finite() && t.state.best_val_dice.is_none_or(|b| score > b) {
-                    t.state.best_val_dice = Some(score);
-                    t.state.best_epoch = Some(epoch_done);
-                    save_checkpoint(&best_dir, &t.model, &t.optim, &t.agents, &t.state)?;
-                }
-            }
-            // wall-clock time only on epoch lines: step and PPO lines stay reproducible
-            line["seconds"] = t0.elapsed().as_secs_f64().into();
-            metrics.write(&line)?;
-            save_checkpoint(&last_dir, &t.model, &t.optim, &t.agents, &t.state)?;
-            let report = alignment_report(&t.agents, pose.as_ref(), t.state.step);
-            write_atomically(
-                &out.join("alignment.json"),
-                serde_json::to_string_pretty(&report)?.as_bytes(),
-            )?;
-            if let Err(e) = redraw_plots(out) {
-                tracing::warn!("plots: {e:#}");
-            }
+            let due = epoch_done.is_multiple_of(cfg.val_every.max(1)) || finished || out_of_time;
+            t.end_of_epoch(&run, &mut metrics, epoch_end && due, &clock)?;
         }
         if out_of_time && !finished {
             stopped_early = true;

@@ -2,6 +2,7 @@
 //! the cross-modal Gaussian sliding window over each whole volume, Dice on the
 //! working grid. The best checkpoint is chosen by it.
 
+use crate::data::labels::{NUM_CLASSES, NUM_STRUCTURES};
 use crate::infer::{Predictor, argmax_labels};
 use crate::preprocess::cache::PreparedCase;
 
@@ -9,10 +10,10 @@ use crate::preprocess::cache::PreparedCase;
 pub fn hard_dice<'a>(
     pred: impl IntoIterator<Item = &'a u8>,
     truth: impl IntoIterator<Item = &'a u8>,
-) -> [f64; 7] {
-    let mut inter = [0usize; 8];
-    let mut np = [0usize; 8];
-    let mut nt = [0usize; 8];
+) -> [f64; NUM_STRUCTURES] {
+    let mut inter = [0usize; NUM_CLASSES];
+    let mut np = [0usize; NUM_CLASSES];
+    let mut nt = [0usize; NUM_CLASSES];
     for (&p, &t) in pred.into_iter().zip(truth) {
         np[p as usize] += 1;
         nt[t as usize] += 1;
@@ -33,10 +34,14 @@ pub fn hard_dice<'a>(
 /// Mean Dice per structure over the validation volumes, CT and MRI: each volume
 /// is predicted whole, paired with its partner of the same index as `infer` pairs
 /// a test folder.
-pub fn validate(p: &Predictor, ct: &[PreparedCase], mr: &[PreparedCase]) -> ([f64; 7], [f64; 7]) {
+pub fn validate(
+    p: &Predictor,
+    ct: &[PreparedCase],
+    mr: &[PreparedCase],
+) -> ([f64; NUM_STRUCTURES], [f64; NUM_STRUCTURES]) {
     let hidden = indicatif::ProgressBar::hidden();
-    let mut sums = [[0.0f64; 7]; 2];
-    let mut counts = [[0usize; 7]; 2];
+    let mut sums = [[0.0f64; NUM_STRUCTURES]; 2];
+    let mut counts = [[0usize; NUM_STRUCTURES]; 2];
     for i in 0..ct.len().max(mr.len()) {
         let (c, m) = (ct.get(i), mr.get(i));
         // a pair in one pass, as `infer` predicts it; a volume without partner alone
@@ -48,7 +53,7 @@ pub fn validate(p: &Predictor, ct: &[PreparedCase], mr: &[PreparedCase]) -> ([f6
             };
             let Some(truth) = &case.labels else { continue };
             let d = hard_dice(argmax_labels(&probs).iter(), truth.data.iter());
-            for s in 0..7 {
+            for s in 0..NUM_STRUCTURES {
                 if d[s].is_finite() {
                     sums[k][s] += d[s];
                     counts[k][s] += 1;

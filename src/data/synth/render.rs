@@ -66,7 +66,7 @@ pub struct Appearance {
     pub bias: Option<[f64; 9]>,
 }
 
-/// Tissue means and per-subject spreads (SYNTHWHS.md).
+/// Tissue means and per-subject spreads (docs/synthwhs.md).
 const CT_TABLE: [(f64, f64); NUM_TISSUES] = [
     (-1000.0, 0.0),
     (-850.0, 50.0),

@@ -66,20 +66,51 @@ fn fixed<const N: usize>(v: Option<Vec<f64>>) -> Option<[f64; N]> {
 pub fn frames_of(files: &[DicomFile]) -> Result<Vec<Frame>, VolumeError> {
     let mut out = Vec::new();
     for (fi, f) in files.iter().enumerate() {
-        let obj: &InMemDicomObject = &f.object;
         let err = |p: String| VolumeError::new(&f.name, p);
+        let file = FileFrames::of(&f.object).map_err(err)?;
+        for k in 0..file.n {
+            let mut frame = file.frame(k).map_err(err)?;
+            frame.file = fi;
+            out.push(frame);
+        }
+    }
+    Ok(out)
+}
+
+/// What one file says of all its frames: the image size, the frame count, and where
+/// each frame's geometry and rescaling stand (the enhanced multi-frame functional
+/// groups, or the file itself).
+struct FileFrames<'a> {
+    obj: &'a InMemDicomObject,
+    rows: usize,
+    cols: usize,
+    n: usize,
+    sop: String,
+    shared: Option<&'a InMemDicomObject>,
+    per: Vec<&'a InMemDicomObject>,
+}
+
+/// A frame's values as read, before they are checked.
+struct RawGeometry {
+    position: Option<Vec<f64>>,
+    orientation: Option<Vec<f64>>,
+    spacing: Option<Vec<f64>>,
+    slope: Option<Vec<f64>>,
+    intercept: Option<Vec<f64>>,
+}
+
+impl<'a> FileFrames<'a> {
+    fn of(obj: &'a InMemDicomObject) -> Result<FileFrames<'a>, String> {
         let spp = string(obj, tags::SAMPLES_PER_PIXEL).unwrap_or_else(|| "1".into());
         if spp != "1" {
-            return Err(err(format!(
+            return Err(format!(
                 "{spp} samples per pixel (colour): only greyscale CT or MR series are segmented"
-            )));
+            ));
         }
-        let rows = uint(obj, tags::ROWS).ok_or_else(|| err("no Rows (0028,0010)".into()))?;
-        let cols = uint(obj, tags::COLUMNS).ok_or_else(|| err("no Columns (0028,0011)".into()))?;
+        let rows = uint(obj, tags::ROWS).ok_or("no Rows (0028,0010)")?;
+        let cols = uint(obj, tags::COLUMNS).ok_or("no Columns (0028,0011)")?;
         let n = uint(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
-        pixel_module(obj, rows, cols, n).map_err(err)?;
-        let sop = string(obj, tags::SOP_INSTANCE_UID).unwrap_or_default();
-        let shared = first_item(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
+        pixel_module(obj, rows, cols, n)?;
         let per: Vec<&InMemDicomObject> = obj
             .element_opt(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
             .ok()
@@ -87,99 +118,109 @@ pub fn frames_of(files: &[DicomFile]) -> Result<Vec<Frame>, VolumeError> {
             .and_then(|e| e.items())
             .map(|items| items.iter().collect())
             .unwrap_or_default();
-        let enhanced = shared.is_some() || !per.is_empty();
-        if enhanced && per.len() != n {
-            return Err(err(format!(
+        let file = FileFrames {
+            obj,
+            rows,
+            cols,
+            n,
+            sop: string(obj, tags::SOP_INSTANCE_UID).unwrap_or_default(),
+            shared: first_item(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE),
+            per,
+        };
+        if file.enhanced() && file.per.len() != n {
+            return Err(format!(
                 "{n} frames but {} per-frame functional groups",
-                per.len()
-            )));
+                file.per.len()
+            ));
         }
-        for k in 0..n {
-            let (position, orientation, spacing, slope, intercept) = if enhanced {
-                let g = [Some(per[k]), shared];
-                (
-                    group_floats(
-                        g,
-                        tags::PLANE_POSITION_SEQUENCE,
-                        tags::IMAGE_POSITION_PATIENT,
-                    ),
-                    group_floats(
-                        g,
-                        tags::PLANE_ORIENTATION_SEQUENCE,
-                        tags::IMAGE_ORIENTATION_PATIENT,
-                    ),
-                    group_floats(g, tags::PIXEL_MEASURES_SEQUENCE, tags::PIXEL_SPACING),
-                    group_floats(
-                        g,
-                        tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
-                        tags::RESCALE_SLOPE,
-                    ),
-                    group_floats(
-                        g,
-                        tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
-                        tags::RESCALE_INTERCEPT,
-                    ),
-                )
-            } else {
-                (
-                    floats(obj, tags::IMAGE_POSITION_PATIENT),
-                    floats(obj, tags::IMAGE_ORIENTATION_PATIENT),
-                    floats(obj, tags::PIXEL_SPACING),
-                    floats(obj, tags::RESCALE_SLOPE),
-                    floats(obj, tags::RESCALE_INTERCEPT),
-                )
+        Ok(file)
+    }
+
+    fn enhanced(&self) -> bool {
+        self.shared.is_some() || !self.per.is_empty()
+    }
+
+    /// Frame k's values, from its functional groups or from the file.
+    fn raw(&self, k: usize) -> RawGeometry {
+        let obj = self.obj;
+        if !self.enhanced() {
+            return RawGeometry {
+                position: floats(obj, tags::IMAGE_POSITION_PATIENT),
+                orientation: floats(obj, tags::IMAGE_ORIENTATION_PATIENT),
+                spacing: floats(obj, tags::PIXEL_SPACING),
+                slope: floats(obj, tags::RESCALE_SLOPE),
+                intercept: floats(obj, tags::RESCALE_INTERCEPT),
             };
-            let frame_note = if n > 1 {
-                format!(" (frame {})", k + 1)
-            } else {
-                String::new()
-            };
-            let position = fixed::<3>(position).ok_or_else(|| {
-                err(format!(
-                    "no usable ImagePositionPatient (0020,0032){frame_note}: not a slice of a volume"
-                ))
-            })?;
-            let orientation = fixed::<6>(orientation).ok_or_else(|| {
-                err(format!(
-                    "no usable ImageOrientationPatient (0020,0037){frame_note}"
-                ))
-            })?;
-            let pixel_spacing = fixed::<2>(spacing)
-                .filter(|s| s.iter().all(|&x| x > 0.0))
-                .ok_or_else(|| {
-                    err(format!(
-                        "no usable PixelSpacing (0028,0030){frame_note}: positive row and column spacing needed"
-                    ))
-                })?;
-            // where a RescaleSlope/Intercept that is no number would stand
-            let holders: Vec<&InMemDicomObject> = if enhanced {
-                [Some(per[k]), shared]
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|g| first_item(g, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE))
-                    .collect()
-            } else {
-                vec![obj]
-            };
-            let slope = rescale(&holders, tags::RESCALE_SLOPE, slope, 1.0)
-                .map_err(|p| err(format!("{p}{frame_note}")))?;
-            let intercept = rescale(&holders, tags::RESCALE_INTERCEPT, intercept, 0.0)
-                .map_err(|p| err(format!("{p}{frame_note}")))?;
-            out.push(Frame {
-                file: fi,
-                frame: k as u32,
-                sop_instance_uid: sop.clone(),
-                position,
-                orientation,
-                pixel_spacing,
-                rows,
-                cols,
-                slope: if slope == 0.0 { 1.0 } else { slope },
-                intercept,
-            });
+        }
+        let g = [Some(self.per[k]), self.shared];
+        let transform = tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE;
+        RawGeometry {
+            position: group_floats(
+                g,
+                tags::PLANE_POSITION_SEQUENCE,
+                tags::IMAGE_POSITION_PATIENT,
+            ),
+            orientation: group_floats(
+                g,
+                tags::PLANE_ORIENTATION_SEQUENCE,
+                tags::IMAGE_ORIENTATION_PATIENT,
+            ),
+            spacing: group_floats(g, tags::PIXEL_MEASURES_SEQUENCE, tags::PIXEL_SPACING),
+            slope: group_floats(g, transform, tags::RESCALE_SLOPE),
+            intercept: group_floats(g, transform, tags::RESCALE_INTERCEPT),
         }
     }
-    Ok(out)
+
+    /// Where a RescaleSlope/Intercept that is no number would stand for frame k.
+    fn rescale_holders(&self, k: usize) -> Vec<&InMemDicomObject> {
+        if !self.enhanced() {
+            return vec![self.obj];
+        }
+        [Some(self.per[k]), self.shared]
+            .into_iter()
+            .flatten()
+            .filter_map(|g| first_item(g, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE))
+            .collect()
+    }
+
+    /// Frame k, checked (its `file` index is the caller's to set).
+    fn frame(&self, k: usize) -> Result<Frame, String> {
+        let raw = self.raw(k);
+        let note = if self.n > 1 {
+            format!(" (frame {})", k + 1)
+        } else {
+            String::new()
+        };
+        let position = fixed::<3>(raw.position).ok_or_else(|| {
+            format!("no usable ImagePositionPatient (0020,0032){note}: not a slice of a volume")
+        })?;
+        let orientation = fixed::<6>(raw.orientation)
+            .ok_or_else(|| format!("no usable ImageOrientationPatient (0020,0037){note}"))?;
+        let pixel_spacing = fixed::<2>(raw.spacing)
+            .filter(|s| s.iter().all(|&x| x > 0.0))
+            .ok_or_else(|| {
+                format!(
+                    "no usable PixelSpacing (0028,0030){note}: positive row and column spacing needed"
+                )
+            })?;
+        let holders = self.rescale_holders(k);
+        let slope = rescale(&holders, tags::RESCALE_SLOPE, raw.slope, 1.0)
+            .map_err(|p| format!("{p}{note}"))?;
+        let intercept = rescale(&holders, tags::RESCALE_INTERCEPT, raw.intercept, 0.0)
+            .map_err(|p| format!("{p}{note}"))?;
+        Ok(Frame {
+            file: 0,
+            frame: k as u32,
+            sop_instance_uid: self.sop.clone(),
+            position,
+            orientation,
+            pixel_spacing,
+            rows: self.rows,
+            cols: self.cols,
+            slope: if slope == 0.0 { 1.0 } else { slope },
+            intercept,
+        })
+    }
 }
 
 /// At most this many voxels in one file (4 GiB as f32): a larger claim is a damaged

@@ -201,151 +201,183 @@ fn normal_of(o: &[f64; 6]) -> Vector3<f64> {
     Vector3::new(o[0], o[1], o[2]).cross(&Vector3::new(o[3], o[4], o[5]))
 }
 
-/// Frames sorted along the slice normal, after checking that they form one regular
-/// volume: same size, orientation and pixel spacing, no repeated position, no gap,
-/// even spacing, no gantry tilt.
-fn slice_order(files: &[DicomFile], frames: &[Frame]) -> Result<Vec<usize>, VolumeError> {
-    let name = |f: &Frame| {
-        let n = files[f.file].name.display().to_string();
-        if files[f.file]
+/// The frames of a series, for the checks that they form one regular volume.
+struct Series<'a> {
+    files: &'a [DicomFile],
+    frames: &'a [Frame],
+}
+
+impl Series<'_> {
+    /// A frame's name in messages: its file, and the frame number in a multi-frame file.
+    fn name(&self, f: &Frame) -> String {
+        let file = &self.files[f.file];
+        let n = file.name.display().to_string();
+        let multi = file
             .object
             .element_opt(tags::NUMBER_OF_FRAMES)
             .ok()
             .flatten()
-            .is_some()
-            && frames.iter().filter(|g| g.file == f.file).count() > 1
-        {
+            .is_some();
+        if multi && self.frames.iter().filter(|g| g.file == f.file).count() > 1 {
             format!("{n} frame {}", f.frame + 1)
         } else {
             n
         }
-    };
-    let f0 = &frames[0];
-    let err = |f: &Frame, p: String| VolumeError::new(&files[f.file].name, p);
-    let o = f0.orientation;
-    let (r, c) = (
-        Vector3::new(o[0], o[1], o[2]),
-        Vector3::new(o[3], o[4], o[5]),
-    );
-    if (r.norm() - 1.0).abs() > 1e-3 || (c.norm() - 1.0).abs() > 1e-3 || r.dot(&c).abs() > 1e-3 {
-        return Err(err(
-            f0,
-            format!("ImageOrientationPatient {o:?} is not two orthogonal unit vectors"),
-        ));
     }
-    for f in frames {
-        if (f.rows, f.cols) != (f0.rows, f0.cols) {
-            return Err(err(
-                f,
+
+    fn err(&self, f: &Frame, problem: String) -> VolumeError {
+        VolumeError::new(&self.files[f.file].name, problem)
+    }
+
+    /// Every frame has the first one's size, orientation and pixel spacing, and the
+    /// orientation is two orthogonal unit vectors.
+    fn check_uniform(&self) -> Result<(), VolumeError> {
+        let f0 = &self.frames[0];
+        let o = f0.orientation;
+        let (r, c) = (
+            Vector3::new(o[0], o[1], o[2]),
+            Vector3::new(o[3], o[4], o[5]),
+        );
+        if (r.norm() - 1.0).abs() > 1e-3 || (c.norm() - 1.0).abs() > 1e-3 || r.dot(&c).abs() > 1e-3
+        {
+            return Err(self.err(
+                f0,
+                format!("ImageOrientationPatient {o:?} is not two orthogonal unit vectors"),
+            ));
+        }
+        let differs =
+            |a: &[f64], b: &[f64], tol: f64| a.iter().zip(b).any(|(x, y)| (x - y).abs() > tol);
+        for f in self.frames {
+            let problem = if (f.rows, f.cols) != (f0.rows, f0.cols) {
                 format!(
                     "{} × {} pixels, but {} has {} × {}: slices of different sizes (mixed series?)",
                     f.cols,
                     f.rows,
-                    name(f0),
+                    self.name(f0),
                     f0.cols,
                     f0.rows
-                ),
-            ));
-        }
-        if f.orientation
-            .iter()
-            .zip(&o)
-            .any(|(a, b)| (a - b).abs() > 1e-4)
-        {
-            return Err(err(
-                f,
+                )
+            } else if differs(&f.orientation, &o, 1e-4) {
                 format!(
                     "orientation {:?} differs from {}'s {o:?}: mixed orientations in one series",
                     f.orientation,
-                    name(f0)
-                ),
-            ));
-        }
-        if f.pixel_spacing
-            .iter()
-            .zip(&f0.pixel_spacing)
-            .any(|(a, b)| (a - b).abs() > 1e-3)
-        {
-            return Err(err(
-                f,
+                    self.name(f0)
+                )
+            } else if differs(&f.pixel_spacing, &f0.pixel_spacing, 1e-3) {
                 format!(
                     "pixel spacing {:?} differs from {}'s {:?}",
                     f.pixel_spacing,
-                    name(f0),
+                    self.name(f0),
                     f0.pixel_spacing
+                )
+            } else {
+                continue;
+            };
+            return Err(self.err(f, problem));
+        }
+        Ok(())
+    }
+
+    /// A frame's position along the slice normal.
+    fn depth(&self, f: &Frame) -> f64 {
+        normal_of(&self.frames[0].orientation).dot(&Vector3::from(f.position))
+    }
+
+    /// The frame indices sorted along the slice normal, and the gaps between neighbours.
+    fn sort_along_normal(&self) -> (Vec<usize>, Vec<f64>) {
+        let frames = self.frames;
+        let mut order: Vec<usize> = (0..frames.len()).collect();
+        order.sort_by(|&a, &b| self.depth(&frames[a]).total_cmp(&self.depth(&frames[b])));
+        let gaps = order
+            .windows(2)
+            .map(|w| self.depth(&frames[w[1]]) - self.depth(&frames[w[0]]))
+            .collect();
+        (order, gaps)
+    }
+
+    /// No two frames at one position, and every gap the median one (within 5 %).
+    fn check_spacing(&self, order: &[usize], gaps: &[f64]) -> Result<(), VolumeError> {
+        let frames = self.frames;
+        for (w, &g) in order.windows(2).zip(gaps) {
+            if g < 0.01 {
+                let (a, b) = (&frames[w[0]], &frames[w[1]]);
+                return Err(self.err(
+                    b,
+                    format!(
+                        "lies at the same position as {} ({:.3} mm along the slice normal): several \
+                         acquisitions, echoes or time points in one series; export one of them",
+                        self.name(a),
+                        self.depth(a)
+                    ),
+                ));
+            }
+        }
+        let mut sorted = gaps.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let m = sorted[sorted.len() / 2];
+        for (w, &g) in order.windows(2).zip(gaps) {
+            let ratio = g / m;
+            if (ratio - 1.0).abs() <= 0.05 {
+                continue;
+            }
+            let (a, b) = (&frames[w[0]], &frames[w[1]]);
+            let k = ratio.round();
+            let problem = if k >= 2.0 && (ratio - k).abs() <= 0.05 * k {
+                format!(
+                    "{} slice(s) missing between {} and {} ({:.3} mm apart; the others are {m:.3} mm apart)",
+                    k as usize - 1,
+                    self.name(a),
+                    self.name(b),
+                    g
+                )
+            } else {
+                format!(
+                    "uneven slice spacing: {} and {} are {g:.3} mm apart, the others {m:.3} mm",
+                    self.name(a),
+                    self.name(b)
+                )
+            };
+            return Err(self.err(a, problem));
+        }
+        Ok(())
+    }
+
+    /// The slices stack straight along their normal (no gantry tilt).
+    fn check_tilt(&self, order: &[usize]) -> Result<(), VolumeError> {
+        let n = normal_of(&self.frames[0].orientation);
+        let (first, last) = (&self.frames[order[0]], &self.frames[order[order.len() - 1]]);
+        let along = Vector3::from(last.position) - Vector3::from(first.position);
+        let height = along.dot(&n);
+        let shift = (along - n * height).norm();
+        let tilt = shift.atan2(height).to_degrees();
+        if tilt > 0.1 {
+            return Err(self.err(
+                last,
+                format!(
+                    "gantry tilt of {tilt:.2}°: the slices are shifted within their planes, so the \
+                     volume is not a box; correct the tilt first (e.g. dcm2niix resamples tilted CT)"
                 ),
             ));
         }
+        Ok(())
     }
+}
+
+/// Frames sorted along the slice normal, after checking that they form one regular
+/// volume: same size, orientation and pixel spacing, no repeated position, no gap,
+/// even spacing, no gantry tilt.
+fn slice_order(files: &[DicomFile], frames: &[Frame]) -> Result<Vec<usize>, VolumeError> {
+    let series = Series { files, frames };
+    series.check_uniform()?;
     if frames.len() < 2 {
-        return Err(err(
-            f0,
+        return Err(series.err(
+            &frames[0],
             "a single slice: a 3D series of at least 2 slices is needed".into(),
         ));
     }
-    let n = normal_of(&o);
-    let d = |f: &Frame| n.dot(&Vector3::from(f.position));
-    let mut order: Vec<usize> = (0..frames.len()).collect();
-    order.sort_by(|&a, &b| d(&frames[a]).total_cmp(&d(&frames[b])));
-    let gaps: Vec<f64> = order
-        .windows(2)
-        .map(|w| d(&frames[w[1]]) - d(&frames[w[0]]))
-        .collect();
-    for (w, &g) in order.windows(2).zip(&gaps) {
-        if g < 0.01 {
-            let (a, b) = (&frames[w[0]], &frames[w[1]]);
-            return Err(err(
-                b,
-                format!(
-                    "lies at the same position as {} ({:.3} mm along the slice normal): several \
-                     acquisitions, echoes or time points in one series; export one of them",
-                    name(a),
-                    d(a)
-                ),
-            ));
-        }
-    }
-    let mut sorted = gaps.clone();
-    sorted.sort_by(f64::total_cmp);
-    let m = sorted[sorted.len() / 2];
-    for (w, &g) in order.windows(2).zip(&gaps) {
-        let ratio = g / m;
-        if (ratio - 1.0).abs() <= 0.05 {
-            continue;
-        }
-        let (a, b) = (&frames[w[0]], &frames[w[1]]);
-        let k = ratio.round();
-        let problem = if k >= 2.0 && (ratio - k).abs() <= 0.05 * k {
-            format!(
-                "{} slice(s) missing between {} and {} ({:.3} mm apart; the others are {m:.3} mm apart)",
-                k as usize - 1,
-                name(a),
-                name(b),
-                g
-            )
-        } else {
-            format!(
-                "uneven slice spacing: {} and {} are {g:.3} mm apart, the others {m:.3} mm",
-                name(a),
-                name(b)
-            )
-        };
-        return Err(VolumeError::new(&files[a.file].name, problem));
-    }
-    let (first, last) = (&frames[order[0]], &frames[*order.last().expect("≥ 2")]);
-    let along = Vector3::from(last.position) - Vector3::from(first.position);
-    let height = along.dot(&n);
-    let shift = (along - n * height).norm();
-    let tilt = shift.atan2(height).to_degrees();
-    if tilt > 0.1 {
-        return Err(err(
-            last,
-            format!(
-                "gantry tilt of {tilt:.2}°: the slices are shifted within their planes, so the \
-                 volume is not a box; correct the tilt first (e.g. dcm2niix resamples tilted CT)"
-            ),
-        ));
-    }
+    let (order, gaps) = series.sort_along_normal();
+    series.check_spacing(&order, &gaps)?;
+    series.check_tilt(&order)?;
     Ok(order)
 }
 

@@ -209,71 +209,114 @@ fn is_sequence_implicit(tag: Tag) -> bool {
 
 /// Walk the elements from `start` to the end of `b` with an explicit stack.
 fn walk(b: &[u8], start: usize, enc: Encoding) -> Result<(), String> {
-    let mut stack: Vec<Open> = Vec::new();
-    let mut pos = start;
+    let mut w = Walker {
+        stack: Vec::new(),
+        pos: start,
+        enc,
+    };
     loop {
-        // close every defined-length container that ends here
-        while let Some(&Open { end: Some(end), .. }) = stack.last() {
-            if pos < end {
-                break;
-            }
-            if pos > end {
-                return Err(format!(
-                    "an element overruns its item or sequence (byte {pos}, the container ends at {end})"
-                ));
-            }
-            stack.pop();
-        }
-        let limit = stack.iter().rev().find_map(|o| o.end).unwrap_or(b.len());
-        if pos == b.len() {
-            return match stack.last() {
+        w.close_finished()?;
+        if w.pos == b.len() {
+            return match w.stack.last() {
                 None => Ok(()),
                 Some(_) => Err("truncated: the file ends inside a sequence or item".into()),
             };
         }
-        let cur = stack.last().copied();
-        let enc_here = cur.map(|o| o.enc).unwrap_or(enc);
-        let h = header(b, pos, enc_here, limit)?;
-        let depth = stack.iter().filter(|o| o.kind == Kind::Seq).count();
-        let value_end = |h: &Header| pos + h.size + h.len as usize;
+        let limit = w.stack.iter().rev().find_map(|o| o.end).unwrap_or(b.len());
+        let h = header(b, w.pos, w.enc_here(), limit)?;
         if h.tag.0 == 0xFFFE {
-            match (h.tag.1, cur.map(|o| o.kind)) {
-                (0xE000, Some(Kind::Fragments)) => {
-                    if h.len == UNDEFINED {
-                        return Err(format!(
-                            "a pixel data fragment at byte {pos} has an undefined length"
-                        ));
-                    }
-                    pos = value_end(&h);
-                }
-                (0xE000, Some(Kind::Seq)) => {
-                    let end = (h.len != UNDEFINED).then(|| value_end(&h));
-                    stack.push(Open {
-                        kind: Kind::Item,
-                        end,
-                        enc: enc_here,
-                    });
-                    pos += h.size;
-                }
-                (0xE00D, Some(Kind::Item)) if cur.is_some_and(|o| o.end.is_none()) => {
-                    stack.pop();
-                    pos += h.size;
-                }
-                (0xE0DD, Some(Kind::Seq | Kind::Fragments))
-                    if cur.is_some_and(|o| o.end.is_none()) =>
-                {
-                    stack.pop();
-                    pos += h.size;
-                }
-                (e, _) => {
+            w.item_or_delimiter(&h)?;
+        } else {
+            w.element(&h)?;
+        }
+    }
+}
+
+/// The walk's place in the data set: the byte position and the open containers.
+struct Walker {
+    stack: Vec<Open>,
+    pos: usize,
+    /// The data set's encoding (a container may have its own).
+    enc: Encoding,
+}
+
+impl Walker {
+    fn cur(&self) -> Option<Open> {
+        self.stack.last().copied()
+    }
+
+    fn enc_here(&self) -> Encoding {
+        self.cur().map(|o| o.enc).unwrap_or(self.enc)
+    }
+
+    fn value_end(&self, h: &Header) -> usize {
+        self.pos + h.size + h.len as usize
+    }
+
+    /// Close every defined-length container that ends here.
+    fn close_finished(&mut self) -> Result<(), String> {
+        while let Some(&Open { end: Some(end), .. }) = self.stack.last() {
+            if self.pos < end {
+                break;
+            }
+            if self.pos > end {
+                return Err(format!(
+                    "an element overruns its item or sequence (byte {}, the container ends at {end})",
+                    self.pos
+                ));
+            }
+            self.stack.pop();
+        }
+        Ok(())
+    }
+
+    /// An (FFFE,xxxx) header: an item, a fragment or a delimiter, each only where it
+    /// belongs.
+    fn item_or_delimiter(&mut self, h: &Header) -> Result<(), String> {
+        let (pos, cur) = (self.pos, self.cur());
+        let undefined_here = cur.is_some_and(|o| o.end.is_none());
+        match (h.tag.1, cur.map(|o| o.kind)) {
+            (0xE000, Some(Kind::Fragments)) => {
+                if h.len == UNDEFINED {
                     return Err(format!(
-                        "a misplaced item or delimiter (FFFE,{e:04X}) at byte {pos}"
+                        "a pixel data fragment at byte {pos} has an undefined length"
                     ));
                 }
+                self.pos = self.value_end(h);
             }
-            continue;
+            (0xE000, Some(Kind::Seq)) => {
+                let end = (h.len != UNDEFINED).then(|| self.value_end(h));
+                let enc = self.enc_here();
+                self.stack.push(Open {
+                    kind: Kind::Item,
+                    end,
+                    enc,
+                });
+                self.pos += h.size;
+            }
+            (0xE00D, Some(Kind::Item)) | (0xE0DD, Some(Kind::Seq | Kind::Fragments))
+                if undefined_here =>
+            {
+                self.stack.pop();
+                self.pos += h.size;
+            }
+            (e, _) => {
+                return Err(format!(
+                    "a misplaced item or delimiter (FFFE,{e:04X}) at byte {pos}"
+                ));
+            }
         }
-        if matches!(cur.map(|o| o.kind), Some(Kind::Seq | Kind::Fragments)) {
+        Ok(())
+    }
+
+    /// A data element: a sequence opens, encapsulated pixel data opens its fragments,
+    /// anything else is skipped after its length is checked against its VR.
+    fn element(&mut self, h: &Header) -> Result<(), String> {
+        let pos = self.pos;
+        if matches!(
+            self.cur().map(|o| o.kind),
+            Some(Kind::Seq | Kind::Fragments)
+        ) {
             return Err(format!(
                 "element {} at byte {pos} stands directly in a sequence (only items may)",
                 tag_text(h.tag)
@@ -284,8 +327,7 @@ fn walk(b: &[u8], start: usize, enc: Encoding) -> Result<(), String> {
             None => h.len == UNDEFINED || is_sequence_implicit(h.tag),
         };
         let pixel_data = h.tag == Tag(0x7FE0, 0x0010);
-        let vr = h.vr.or_else(|| dictionary_vr(h.tag));
-        if let Some(vr) = vr
+        if let Some(vr) = h.vr.or_else(|| dictionary_vr(h.tag))
             && h.len != UNDEFINED
             && !(h.len as usize).is_multiple_of(unit_of(vr))
         {
@@ -297,23 +339,7 @@ fn walk(b: &[u8], start: usize, enc: Encoding) -> Result<(), String> {
             ));
         }
         if sequence && !(pixel_data && h.len == UNDEFINED) {
-            if depth + 1 > MAX_DEPTH {
-                return Err(format!(
-                    "sequences nested deeper than {MAX_DEPTH} levels (at byte {pos})"
-                ));
-            }
-            let inner = if h.vr == Some(VR::UN) {
-                Encoding::ImplicitLe
-            } else {
-                enc_here
-            };
-            let end = (h.len != UNDEFINED).then(|| value_end(&h));
-            stack.push(Open {
-                kind: Kind::Seq,
-                end,
-                enc: inner,
-            });
-            pos += h.size;
+            self.open_sequence(h)
         } else if h.len == UNDEFINED {
             if !pixel_data {
                 return Err(format!(
@@ -321,15 +347,42 @@ fn walk(b: &[u8], start: usize, enc: Encoding) -> Result<(), String> {
                     tag_text(h.tag)
                 ));
             }
-            stack.push(Open {
+            let enc = self.enc_here();
+            self.stack.push(Open {
                 kind: Kind::Fragments,
                 end: None,
-                enc: enc_here,
+                enc,
             });
-            pos += h.size;
+            self.pos += h.size;
+            Ok(())
         } else {
-            pos = value_end(&h);
+            self.pos = self.value_end(h);
+            Ok(())
         }
+    }
+
+    /// A sequence opens, unless it would nest deeper than [`MAX_DEPTH`].
+    fn open_sequence(&mut self, h: &Header) -> Result<(), String> {
+        let depth = self.stack.iter().filter(|o| o.kind == Kind::Seq).count();
+        if depth + 1 > MAX_DEPTH {
+            return Err(format!(
+                "sequences nested deeper than {MAX_DEPTH} levels (at byte {})",
+                self.pos
+            ));
+        }
+        let enc = if h.vr == Some(VR::UN) {
+            Encoding::ImplicitLe
+        } else {
+            self.enc_here()
+        };
+        let end = (h.len != UNDEFINED).then(|| self.value_end(h));
+        self.stack.push(Open {
+            kind: Kind::Seq,
+            end,
+            enc,
+        });
+        self.pos += h.size;
+        Ok(())
     }
 }
 

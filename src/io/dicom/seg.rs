@@ -300,10 +300,48 @@ pub fn write_seg(path: &Path, labels: &Volume<i16>, src: &SeriesSource) -> Resul
         ));
     }
     let (frames, pixels) = frames_and_pixels(labels, src);
+    let org = new_uid();
+    let mut e = general_elements(src);
+    e.extend(image_elements(src, frames.len()));
+    e.extend([
+        seq(
+            tags::SEGMENT_SEQUENCE,
+            (1..=STRUCTURES.len()).map(segment_item).collect(),
+        ),
+        seq(
+            tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
+            vec![shared_groups(src)],
+        ),
+        seq(
+            tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
+            frames
+                .iter()
+                .map(|&(c, k)| frame_groups(src, c, k))
+                .collect(),
+        ),
+        referenced_series(src),
+        el(tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(pixels.into())),
+    ]);
+    e.extend(dimensions(&org));
+    for (tag, vr, value) in &src.copied {
+        e.push(el(*tag, *vr, value.as_str()));
+    }
+    let obj = InMemDicomObject::from_element_iter(e)
+        .with_meta(FileMetaTableBuilder::new().transfer_syntax("1.2.840.10008.1.2.1"))
+        .map_err(|e| VolumeError::new(path, format!("cannot build the DICOM SEG: {e}")))?;
+    let mut bytes = Vec::new();
+    obj.write_all(&mut bytes)
+        .map_err(|e| VolumeError::new(path, format!("cannot encode the DICOM SEG: {e}")))?;
+    crate::io::write_atomically(path, &bytes)
+        .map_err(|e| VolumeError::new(path, format!("cannot write: {e}")))
+}
+
+/// The SEG's patient-independent modules: SOP, series, equipment, frame of reference
+/// and content.
+fn general_elements(src: &SeriesSource) -> Vec<DataElement<InMemDicomObject>> {
     let now = chrono_now();
     let sop = new_uid();
-    let org = new_uid();
-    let mut e = vec![
+    vec![
         el(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"),
         el(
             tags::IMAGE_TYPE,
@@ -340,6 +378,12 @@ pub fn write_seg(path: &Path, labels: &Volume<i16>, src: &SeriesSource) -> Resul
             "Whole heart, 7 structures (MM-WHS)",
         ),
         el(tags::CONTENT_CREATOR_NAME, VR::PN, "rlu2net"),
+    ]
+}
+
+/// The image pixel and segmentation image modules of a binary SEG of `frames` frames.
+fn image_elements(src: &SeriesSource, frames: usize) -> Vec<DataElement<InMemDicomObject>> {
+    vec![
         el(tags::SAMPLES_PER_PIXEL, VR::US, 1u16),
         el(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
         el(tags::ROWS, VR::US, src.rows as u16),
@@ -350,37 +394,8 @@ pub fn write_seg(path: &Path, labels: &Volume<i16>, src: &SeriesSource) -> Resul
         el(tags::PIXEL_REPRESENTATION, VR::US, 0u16),
         el(tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00"),
         el(tags::SEGMENTATION_TYPE, VR::CS, "BINARY"),
-        el(tags::NUMBER_OF_FRAMES, VR::IS, frames.len().to_string()),
-        seq(
-            tags::SEGMENT_SEQUENCE,
-            (1..=STRUCTURES.len()).map(segment_item).collect(),
-        ),
-        seq(
-            tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
-            vec![shared_groups(src)],
-        ),
-        seq(
-            tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
-            frames
-                .iter()
-                .map(|&(c, k)| frame_groups(src, c, k))
-                .collect(),
-        ),
-        referenced_series(src),
-        el(tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(pixels.into())),
-    ];
-    e.extend(dimensions(&org));
-    for (tag, vr, value) in &src.copied {
-        e.push(el(*tag, *vr, value.as_str()));
-    }
-    let obj = InMemDicomObject::from_element_iter(e)
-        .with_meta(FileMetaTableBuilder::new().transfer_syntax("1.2.840.10008.1.2.1"))
-        .map_err(|e| VolumeError::new(path, format!("cannot build the DICOM SEG: {e}")))?;
-    let mut bytes = Vec::new();
-    obj.write_all(&mut bytes)
-        .map_err(|e| VolumeError::new(path, format!("cannot encode the DICOM SEG: {e}")))?;
-    crate::io::write_atomically(path, &bytes)
-        .map_err(|e| VolumeError::new(path, format!("cannot write: {e}")))
+        el(tags::NUMBER_OF_FRAMES, VR::IS, frames.to_string()),
+    ]
 }
 
 /// (DA, TM) of now, UTC.

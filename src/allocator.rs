@@ -1,0 +1,82 @@
+//! The process's allocator: jemalloc (feature `jemalloc`, on by default), configured
+//! here, so that the command line, the tests and every program built on this library
+//! allocate alike.
+//!
+//! Why: a training step frees and allocates many multi-megabyte tensors. glibc's
+//! allocator handed them back to the kernel and took fresh pages again, each 4 KiB page a
+//! page fault and a zeroing; with jemalloc on transparent huge pages and freed memory
+//! kept for reuse, `bench model` runs 5–13 % faster than glibc on huge pages did
+//! (BENCHMARKS.md, "The allocator"), for a peak RSS about 6 % higher.
+//!
+//! It can also record the largest single request (for the readers' allocation-bound
+//! tests): [`reset_largest`] starts recording, [`largest`] reads it.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use tikv_jemallocator::Jemalloc;
+
+/// jemalloc, recording the largest request while [`TRACKING`] is on.
+pub struct Allocator;
+
+static TRACKING: AtomicBool = AtomicBool::new(false);
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+fn record(size: usize) {
+    if TRACKING.load(Ordering::Relaxed) {
+        LARGEST.fetch_max(size, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is passed on to jemalloc unchanged; the recording touches only two
+// atomics and never allocates
+unsafe impl GlobalAlloc for Allocator {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        record(l.size());
+        // SAFETY: the caller's guarantees for `alloc`
+        unsafe { Jemalloc.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        record(l.size());
+        // SAFETY: the caller's guarantees for `alloc_zeroed`
+        unsafe { Jemalloc.alloc_zeroed(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: the caller's guarantees for `dealloc`
+        unsafe { Jemalloc.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        record(n);
+        // SAFETY: the caller's guarantees for `realloc`
+        unsafe { Jemalloc.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Allocator = Allocator;
+
+/// Start recording the largest single allocation (or reallocation), from zero.
+pub fn reset_largest() {
+    LARGEST.store(0, Ordering::Relaxed);
+    TRACKING.store(true, Ordering::Relaxed);
+}
+
+/// The largest allocation since [`reset_largest`], in bytes, on any thread.
+pub fn largest() -> usize {
+    LARGEST.load(Ordering::Relaxed)
+}
+
+/// A C string jemalloc reads when it starts.
+#[repr(transparent)]
+pub struct Conf(*const std::ffi::c_char);
+
+// SAFETY: the pointer is to a static, immutable, NUL-terminated string
+unsafe impl Sync for Conf {}
+
+/// Transparent huge pages for all memory and its metadata, mappings retained and freed
+/// pages never returned to the kernel (the tensors of the next step reuse them). The
+/// symbol is the one tikv-jemalloc-sys's prefixed jemalloc reads; `_RJEM_MALLOC_CONF` in
+/// the environment still overrides it.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: Conf =
+    Conf(c"thp:always,metadata_thp:auto,retain:true,dirty_decay_ms:-1,muzzy_decay_ms:-1".as_ptr());
