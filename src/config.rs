@@ -59,9 +59,9 @@ pub struct TrainConfig {
     pub val_fraction: f64,
     /// Stop (with a checkpoint) after this many minutes; 0 = no limit.
     pub max_minutes: f64,
-    /// How CT and MRI cases are paired; None = from the data set (index for a paired
-    /// SynthWHS set, random otherwise).
-    pub pairing: Option<Pairing>,
+    /// How CT and MRI cases are paired: `auto` decides by the data set (`index` for a
+    /// paired SynthWHS set, `random` otherwise).
+    pub pairing: PairingSetting,
     pub model: ModelConfig,
     pub preprocess: PreprocessConfig,
     pub sampler: SamplerConfig,
@@ -96,7 +96,7 @@ impl TrainConfig {
             val_overlap: 0.25,
             val_fraction: 0.2,
             max_minutes: 0.0,
-            pairing: None,
+            pairing: PairingSetting::Auto,
             loss: LossConfig {
                 align_window: model.window,
                 ..LossConfig::default()
@@ -176,11 +176,9 @@ fn merge(base: &mut toml::Table, user: toml::Table, path: &str) -> anyhow::Resul
         } else {
             format!("{path}.{k}")
         };
-        // optional settings (None in the preset) are absent from `base`
-        let optional = path.is_empty() && k == "pairing";
         match (base.get_mut(&k), v) {
             (Some(toml::Value::Table(b)), toml::Value::Table(u)) => merge(b, u, &full)?,
-            (None, _) if !optional => {
+            (None, _) => {
                 let known: Vec<&str> = base.keys().map(|s| s.as_str()).collect();
                 anyhow::bail!(
                     "unknown setting `{full}`; remove it or correct its spelling (settings here: {})",
@@ -238,6 +236,28 @@ mod tests {
         assert!((o.lr_at(10, 100) - 1.0).abs() < 1e-12);
         assert!((o.lr_at(55, 100) - 0.5).abs() < 1e-12);
         assert!(o.lr_at(99, 100) < 0.001);
+    }
+}
+
+/// The `pairing` setting: a pairing, or `auto` (decided by the data set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PairingSetting {
+    #[default]
+    Auto,
+    Index,
+    Random,
+}
+
+impl PairingSetting {
+    /// The pairing for a data set that is (`paired_set`) or is not paired case by case.
+    pub fn resolve(self, paired_set: bool) -> Pairing {
+        match self {
+            PairingSetting::Index => Pairing::Index,
+            PairingSetting::Random => Pairing::Random,
+            PairingSetting::Auto if paired_set => Pairing::Index,
+            PairingSetting::Auto => Pairing::Random,
+        }
     }
 }
 

@@ -109,7 +109,7 @@ pub fn evaluate(pred: &Path, truth: &Path, out: Option<&Path>) -> anyhow::Result
                     m,
                 )?;
             }
-            Ok(score_case(case, &m.to_string(), &pc, &tc))
+            Ok(score_case(case, m, &pc, &tc))
         })
         .collect::<anyhow::Result<_>>()?;
     let report = summarise(reports);

@@ -122,12 +122,33 @@ pub fn percentile(values: &mut [f64], p: f64) -> f64 {
     values[lo] + (values[hi] - values[lo]) * (pos - lo as f64)
 }
 
+/// Why a structure has no HD95 (or no Dice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Missing {
+    /// Neither map has the structure: it is left out of the means.
+    AbsentInBoth,
+    /// Only the truth has it: Dice 0, HD95 undefined.
+    AbsentInPrediction,
+    /// Only the prediction has it: Dice 0, HD95 undefined.
+    AbsentInTruth,
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Missing::AbsentInBoth => "absent in both prediction and truth: excluded",
+            Missing::AbsentInPrediction => "absent in the prediction: HD95 undefined",
+            Missing::AbsentInTruth => "absent in the truth: HD95 undefined",
+        })
+    }
+}
+
 /// One structure's scores; a missing value carries its reason.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StructureScore {
     pub dice: Option<f64>,
     pub hd95: Option<f64>,
-    pub reason: Option<String>,
+    pub reason: Option<Missing>,
 }
 
 /// Dice and HD95 (mm) of one binary structure.
@@ -138,17 +159,17 @@ pub fn score(pred: &Array3<bool>, truth: &Array3<bool>, spacing: [f64; 3]) -> St
         (0, 0) => StructureScore {
             dice: None,
             hd95: None,
-            reason: Some("absent in both prediction and truth: excluded".into()),
+            reason: Some(Missing::AbsentInBoth),
         },
         (0, _) => StructureScore {
             dice: Some(0.0),
             hd95: None,
-            reason: Some("absent in the prediction: HD95 undefined".into()),
+            reason: Some(Missing::AbsentInPrediction),
         },
         (_, 0) => StructureScore {
             dice: Some(0.0),
             hd95: None,
-            reason: Some("absent in the truth: HD95 undefined".into()),
+            reason: Some(Missing::AbsentInTruth),
         },
         _ => {
             let inter = pred
@@ -282,11 +303,11 @@ mod tests {
         let c = cube(shape, [1, 1, 1], 2);
         let both = score(&e, &e, [1.0; 3]);
         assert_eq!((both.dice, both.hd95), (None, None));
-        assert!(both.reason.unwrap().contains("both"));
+        assert_eq!(both.reason, Some(Missing::AbsentInBoth));
         let miss = score(&e, &c, [1.0; 3]);
         assert_eq!(miss.dice, Some(0.0));
         assert_eq!(miss.hd95, None);
-        assert!(miss.reason.unwrap().contains("prediction"));
+        assert_eq!(miss.reason, Some(Missing::AbsentInPrediction));
         let same = score(&c, &c, [1.0; 3]);
         assert_eq!((same.dice, same.hd95), (Some(1.0), Some(0.0)));
     }

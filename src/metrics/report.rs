@@ -8,12 +8,36 @@ use serde::{Deserialize, Serialize};
 use super::confusion::{Confusion, add, confusion};
 use super::{StructureScore, score};
 use crate::data::labels::{NUM_CLASSES, STRUCTURES};
+use crate::data::layout::Modality;
 use crate::io::Volume;
+
+/// A modality in reports, as it is displayed ("CT", "MRI"), the spelling of the paper's
+/// tables and of every report written so far.
+mod display_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::data::layout::Modality;
+
+    pub fn serialize<S: Serializer>(m: &Modality, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(m)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Modality, D::Error> {
+        let name = String::deserialize(d)?;
+        [Modality::Ct, Modality::Mr]
+            .into_iter()
+            .find(|m| m.to_string() == name)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("unknown modality `{name}` (CT or MRI)"))
+            })
+    }
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CaseReport {
     pub case: String,
-    pub modality: String,
+    #[serde(with = "display_name")]
+    pub modality: Modality,
     /// Structure name → Dice (null where missing).
     pub dice: BTreeMap<String, Option<f64>>,
     /// Structure name → HD95 in mm (null where missing).
@@ -27,7 +51,8 @@ pub struct CaseReport {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ModalitySummary {
-    pub modality: String,
+    #[serde(with = "display_name")]
+    pub modality: Modality,
     pub cases: usize,
     /// Mean Dice per structure over the cases where it is defined.
     pub dice: BTreeMap<String, Option<f64>>,
@@ -47,10 +72,15 @@ pub struct Report {
 }
 
 /// Score one case's class maps (same grid) per structure.
-pub fn score_case(case: &str, modality: &str, pred: &Volume<u8>, truth: &Volume<u8>) -> CaseReport {
+pub fn score_case(
+    case: &str,
+    modality: Modality,
+    pred: &Volume<u8>,
+    truth: &Volume<u8>,
+) -> CaseReport {
     let mut r = CaseReport {
         case: case.to_string(),
-        modality: modality.to_string(),
+        modality,
         dice: BTreeMap::new(),
         hd95: BTreeMap::new(),
         reasons: BTreeMap::new(),
@@ -66,7 +96,7 @@ pub fn score_case(case: &str, modality: &str, pred: &Volume<u8>, truth: &Volume<
         r.dice.insert(name.to_string(), dice);
         r.hd95.insert(name.to_string(), hd95);
         if let Some(reason) = reason {
-            r.reasons.insert(name.to_string(), reason);
+            r.reasons.insert(name.to_string(), reason.to_string());
         }
     }
     r
@@ -79,7 +109,7 @@ fn mean(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
 
 pub fn summarise(cases: Vec<CaseReport>) -> Report {
     let mut means = Vec::new();
-    for m in ["CT", "MRI"] {
+    for m in [Modality::Ct, Modality::Mr] {
         let sel: Vec<&CaseReport> = cases.iter().filter(|c| c.modality == m).collect();
         if sel.is_empty() {
             continue;
@@ -90,7 +120,7 @@ pub fn summarise(cases: Vec<CaseReport>) -> Report {
         let dice = per(&|c| &c.dice);
         let hd95 = per(&|c| &c.hd95);
         means.push(ModalitySummary {
-            modality: m.to_string(),
+            modality: m,
             cases: sel.len(),
             mean_dice: mean(dice.values().copied()),
             mean_hd95: mean(hd95.values().copied()),
@@ -186,12 +216,11 @@ impl Report {
 /// The paper's Table 2 in Markdown: one row per variant, mean Dice (%) and HD95 (mm) of
 /// each modality ("–" where a modality has no score).
 pub fn ablation_table(rows: &[(String, Report)]) -> String {
-    use crate::data::layout::Modality;
     let mut t = String::from(
         "| Variant | CT Dice % | MRI Dice % | CT HD95 mm | MRI HD95 mm |\n|---|---|---|---|---|\n",
     );
     for (v, r) in rows {
-        let get = |m: Modality| r.means.iter().find(|x| x.modality == m.to_string());
+        let get = |m: Modality| r.means.iter().find(|x| x.modality == m);
         let f = |x: Option<f64>, s: f64| {
             x.map(|v| format!("{:.1}", v * s))
                 .unwrap_or_else(|| "–".into())

@@ -627,11 +627,7 @@ fn set_up(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<RunSetup> {
     let paired_set = crate::data::synth::Manifest::read(&opts.data.join("manifest.json"))
         .map(|m| m.options.paired)
         .unwrap_or(false);
-    let pairing = cfg.pairing.unwrap_or(if paired_set {
-        Pairing::Index
-    } else {
-        Pairing::Random
-    });
+    let pairing = cfg.pairing.resolve(paired_set);
     Ok(RunSetup {
         dir,
         ct_stats,
