@@ -1,57 +1,8 @@
 //! Class probabilities of a batch of windows, computed in place on the logits.
 
-use crate::model::exp::exp_in_place;
-use rayon::prelude::*;
-
-/// Voxels per parallel work item.
-const CHUNK: usize = 4096;
-
 /// Softmax over the class axis of `[n, k, s]` logits (n windows, k classes, s voxels),
 /// in place: each voxel's k values, `s` apart, become their softmax.
-pub fn softmax_classes(x: &mut [f32], k: usize, s: usize) {
-    assert_eq!(x.len() % (k * s).max(1), 0, "logits: [n, {k}, {s}]");
-    for window in x.chunks_mut(k * s) {
-        // chunk i of every class plane: the voxels one work item takes
-        let mut chunks: Vec<Vec<&mut [f32]>> = (0..s.div_ceil(CHUNK))
-            .map(|_| Vec::with_capacity(k))
-            .collect();
-        for plane in window.chunks_mut(s) {
-            for (i, part) in plane.chunks_mut(CHUNK).enumerate() {
-                chunks[i].push(part);
-            }
-        }
-        chunks.into_par_iter().for_each(softmax_voxels);
-    }
-}
-
-/// Softmax across `planes` (one per class) at each voxel.
-fn softmax_voxels(mut planes: Vec<&mut [f32]>) {
-    let len = planes[0].len();
-    let mut m = vec![f32::NEG_INFINITY; len];
-    for p in planes.iter() {
-        for (a, &b) in m.iter_mut().zip(p.iter()) {
-            *a = if b > *a { b } else { *a };
-        }
-    }
-    let mut sum = vec![0.0f32; len];
-    for p in planes.iter_mut() {
-        for (v, &mx) in p.iter_mut().zip(&m) {
-            *v -= mx;
-        }
-        exp_in_place(p);
-        for (z, &v) in sum.iter_mut().zip(p.iter()) {
-            *z += v;
-        }
-    }
-    for z in sum.iter_mut() {
-        *z = 1.0 / *z;
-    }
-    for p in planes.iter_mut() {
-        for (v, &r) in p.iter_mut().zip(&sum) {
-            *v *= r;
-        }
-    }
-}
+pub use crate::loss::class_softmax::softmax_in_place as softmax_classes;
 
 #[cfg(test)]
 mod tests {

@@ -4,8 +4,8 @@
 //! Burn builds them from tensor operations (a max, a subtraction, an exp, a sum, a
 //! division or a log), and its CPU backend's exp is libm's scalar `expf` on one thread:
 //! the losses of a `tiny` step take 2 × 2 of them over `[2, 8, 32³]`. Here one pass per
-//! voxel chunk reads the K planes, with the vectorised exp of `model::exp`, and the
-//! gradients are closed-form:
+//! voxel chunk reads the K planes, with the vectorised exp of `model::exp` (one exp per
+//! value), and the gradients are closed-form:
 //!
 //! ```text
 //! p = softmax(x):      dx = p ⊙ (dy − Σ_k p_k dy_k)
@@ -15,8 +15,6 @@
 //! Other backends (the GPU) use Burn's `softmax` / `log_softmax`; the tests check both
 //! against each other and against finite differences.
 
-use std::sync::Arc;
-
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
 use burn_autodiff::checkpoint::base::Checkpointer;
@@ -24,6 +22,7 @@ use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_dispatch::backends::Flex;
+use burn_dispatch::backends::flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::model::exp::exp_in_place;
@@ -55,7 +54,7 @@ fn classes(x: Tensor<5>, kind: Kind) -> Tensor<5> {
             let t = flex_op::contiguous(&t);
             let shape = flex_op::shape_of(&t);
             let (y, _) = forward(flex_op::values(&t), &shape, kind);
-            Tensor::from_primitive::<Flex>(flex_op::from_values(y, shape))
+            Tensor::from_primitive::<Flex>(y)
         }
         None => match kind {
             Kind::Softmax => softmax(x, 1),
@@ -86,74 +85,100 @@ fn chunk_planes(buf: &mut [f32], k: usize, s: usize) -> Vec<Vec<&mut [f32]>> {
     tasks
 }
 
-/// (y, p): the result and the softmax itself (the same values for `Softmax`, kept for
-/// the backward pass of `LogSoftmax`).
-fn forward(x: &[f32], shape: &[usize], kind: Kind) -> (Vec<f32>, Vec<f32>) {
-    let (_, k, s) = bks(shape);
-    let mut y = x.to_vec();
-    let mut p = match kind {
-        Kind::Softmax => Vec::new(),
-        Kind::LogSoftmax => vec![0.0f32; x.len()],
-    };
-    let ys = chunk_planes(&mut y, k, s);
-    match kind {
-        Kind::Softmax => ys
-            .into_par_iter()
-            .for_each(|mut planes| softmax_chunk(&mut planes, None)),
-        Kind::LogSoftmax => ys
-            .into_par_iter()
-            .zip(chunk_planes(&mut p, k, s))
-            .for_each(|(mut planes, mut probs)| softmax_chunk(&mut planes, Some(&mut probs))),
-    }
-    if kind == Kind::Softmax {
-        p = y.clone();
-    }
-    (y, p)
+/// Softmax over the class axis of `[n, k, s]` values (n items, k classes, s voxels), in
+/// place: each voxel's k values, `s` apart, become their softmax. Inference's class
+/// probabilities (`infer::probs`) and the losses' softmax are this one function.
+pub fn softmax_in_place(x: &mut [f32], k: usize, s: usize) {
+    assert_eq!(x.len() % (k * s).max(1), 0, "logits: [n, {k}, {s}]");
+    chunk_planes(x, k, s)
+        .into_par_iter()
+        .for_each(|mut planes| softmax_chunk(&mut planes));
 }
 
-/// The softmax across `planes` (one per class) at each voxel, in place; with `log`,
-/// `planes` get the log-softmax and `log` the softmax.
-fn softmax_chunk(planes: &mut [&mut [f32]], log: Option<&mut [&mut [f32]]>) {
-    let len = planes[0].len();
-    let mut m = vec![f32::NEG_INFINITY; len];
-    for p in planes.iter() {
+/// (y, p): the result and the softmax itself (the same tensor for `Softmax`, kept for
+/// the backward pass).
+fn forward(x: &[f32], shape: &[usize], kind: Kind) -> (FlexTensor, FlexTensor) {
+    let (_, k, s) = bks(shape);
+    let mut y = x.to_vec();
+    match kind {
+        Kind::Softmax => {
+            softmax_in_place(&mut y, k, s);
+            let y = flex_op::from_values(y, shape.to_vec());
+            (y.clone(), y)
+        }
+        Kind::LogSoftmax => {
+            let mut p = vec![0.0f32; x.len()];
+            chunk_planes(&mut y, k, s)
+                .into_par_iter()
+                .zip(chunk_planes(&mut p, k, s))
+                .for_each(|(mut planes, mut probs)| log_softmax_chunk(&mut planes, &mut probs));
+            (
+                flex_op::from_values(y, shape.to_vec()),
+                flex_op::from_values(p, shape.to_vec()),
+            )
+        }
+    }
+}
+
+/// Each voxel's largest value over `planes`.
+fn max_over(planes: &[&mut [f32]]) -> Vec<f32> {
+    let mut m = vec![f32::NEG_INFINITY; planes[0].len()];
+    for p in planes {
         for (a, &b) in m.iter_mut().zip(p.iter()) {
             *a = if b > *a { b } else { *a };
         }
     }
-    let mut sum = vec![0.0f32; len];
-    let mut e = vec![0.0f32; len];
+    m
+}
+
+/// The softmax across `planes` (one per class) at each voxel, in place.
+fn softmax_chunk(planes: &mut [&mut [f32]]) {
+    let m = max_over(planes);
+    let mut sum = vec![0.0f32; m.len()];
     for p in planes.iter_mut() {
         for (v, &mx) in p.iter_mut().zip(&m) {
             *v -= mx;
         }
-        e.copy_from_slice(p);
-        exp_in_place(&mut e);
-        for (z, &v) in sum.iter_mut().zip(&e) {
+        exp_in_place(p);
+        for (z, &v) in sum.iter_mut().zip(p.iter()) {
             *z += v;
         }
     }
-    match log {
-        None => {
-            for p in planes.iter_mut() {
-                exp_in_place(p);
-                for (v, &z) in p.iter_mut().zip(&sum) {
-                    *v /= z;
-                }
-            }
+    for z in sum.iter_mut() {
+        *z = 1.0 / *z;
+    }
+    for p in planes.iter_mut() {
+        for (v, &r) in p.iter_mut().zip(&sum) {
+            *v *= r;
         }
-        Some(probs) => {
-            let ln: Vec<f32> = sum.iter().map(|z| z.ln()).collect();
-            for (p, q) in planes.iter_mut().zip(probs.iter_mut()) {
-                q.copy_from_slice(p);
-                exp_in_place(q);
-                for (v, &z) in q.iter_mut().zip(&sum) {
-                    *v /= z;
-                }
-                for (v, &l) in p.iter_mut().zip(&ln) {
-                    *v -= l;
-                }
-            }
+    }
+}
+
+/// The log-softmax across `planes` at each voxel, in place, and the softmax into `probs`
+/// (one exp per value).
+fn log_softmax_chunk(planes: &mut [&mut [f32]], probs: &mut [&mut [f32]]) {
+    let m = max_over(planes);
+    let mut sum = vec![0.0f32; m.len()];
+    for (p, q) in planes.iter_mut().zip(probs.iter_mut()) {
+        for (v, &mx) in p.iter_mut().zip(&m) {
+            *v -= mx;
+        }
+        q.copy_from_slice(p);
+        exp_in_place(q);
+        for (z, &v) in sum.iter_mut().zip(q.iter()) {
+            *z += v;
+        }
+    }
+    let ln: Vec<f32> = sum.iter().map(|z| z.ln()).collect();
+    for z in sum.iter_mut() {
+        *z = 1.0 / *z;
+    }
+    for (p, q) in planes.iter_mut().zip(probs.iter_mut()) {
+        for (v, &r) in q.iter_mut().zip(&sum) {
+            *v *= r;
+        }
+        for (v, &l) in p.iter_mut().zip(&ln) {
+            *v -= l;
         }
     }
 }
@@ -203,8 +228,8 @@ fn backward(p: &[f32], dy: &[f32], shape: &[usize], kind: Kind) -> Vec<f32> {
 
 #[derive(Clone, Debug)]
 struct State {
-    p: Arc<Vec<f32>>,
-    shape: Vec<usize>,
+    /// The softmax (for `Softmax`, the output tensor itself).
+    p: FlexTensor,
     kind: Kind,
 }
 
@@ -219,8 +244,14 @@ impl Backward<Flex, 1> for ClassSoftmaxBackward {
         let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
         let [px] = ops.parents;
         if let Some(node) = px {
-            let dx = backward(&st.p, flex_op::values(&dy), &st.shape, st.kind);
-            grads.register::<Flex>(node.id, flex_op::from_values(dx, st.shape));
+            let shape = flex_op::shape_of(&st.p);
+            let dx = backward(
+                flex_op::values(&st.p),
+                flex_op::values(&dy),
+                &shape,
+                st.kind,
+            );
+            grads.register::<Flex>(node.id, flex_op::from_values(dx, shape));
         }
     }
 }
@@ -228,21 +259,13 @@ impl Backward<Flex, 1> for ClassSoftmaxBackward {
 fn on_autodiff(x: AdTensor, kind: Kind) -> AdTensor {
     let xv = flex_op::contiguous(x.primitive());
     let shape = flex_op::shape_of(&xv);
-    let (y, p) = forward(flex_op::values(&xv), &shape, kind);
-    let out = flex_op::from_values(y, shape.clone());
+    let (out, p) = forward(flex_op::values(&xv), &shape, kind);
     match ClassSoftmaxBackward
         .prepare::<NoCheckpointing>([x.node()])
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish(
-            State {
-                p: Arc::new(p),
-                shape,
-                kind,
-            },
-            out,
-        ),
+        OpsKind::Tracked(prep) => prep.finish(State { p, kind }, out),
         OpsKind::UnTracked(prep) => prep.finish(out),
     }
 }

@@ -1,6 +1,6 @@
 //! `rlu2net train`: the training loop (docs/method.md §1, §3, §4).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -178,12 +178,6 @@ fn init_model(cfg: &TrainConfig, device: &Device) -> RlU2Net {
     }
     m.visit(&mut Touch);
     if device == &cpu { m } else { m.fork(device) }
-}
-
-/// The MRI pose offset a SynthWHS data set records, if any.
-fn known_pose(data: &Path) -> Option<SignedPerm> {
-    let m = crate::data::synth::Manifest::read(&data.join("manifest.json")).ok()?;
-    cube_rotations().get(m.options.mr_pose).copied()
 }
 
 /// What one training step measured.
@@ -624,16 +618,15 @@ fn set_up(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<RunSetup> {
         }
     };
     let cases = prepare_cases(cfg, &ds, &ct_stats, &dir)?;
-    let paired_set = crate::data::synth::Manifest::read(&opts.data.join("manifest.json"))
-        .map(|m| m.options.paired)
-        .unwrap_or(false);
-    let pairing = cfg.pairing.resolve(paired_set);
+    // a SynthWHS set says whether it is paired and the MRI's pose offset
+    let manifest = crate::data::synth::Manifest::read(&opts.data.join("manifest.json")).ok();
+    let paired_set = manifest.as_ref().is_some_and(|m| m.options.paired);
     Ok(RunSetup {
         dir,
         ct_stats,
         cases,
-        pairing,
-        pose: known_pose(&opts.data),
+        pairing: cfg.pairing.resolve(paired_set),
+        pose: manifest.and_then(|m| cube_rotations().get(m.options.mr_pose).copied()),
     })
 }
 

@@ -24,7 +24,7 @@ use burn::tensor::ops::ConvOptions;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn_dispatch::backends::Flex;
 use burn_dispatch::backends::flex::FlexTensor;
 
@@ -184,21 +184,19 @@ fn on_autodiff(x: AdTensor, w: AdTensor, bias: Option<AdTensor>, g: Geom) -> AdT
         direct,
     };
     match bias {
-        Some(b) => match ConvBackward
-            .prepare::<NoCheckpointing>([x.node(), w.node(), b.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(state, out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        },
-        None => match ConvBackward
-            .prepare::<NoCheckpointing>([x.node(), w.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(state, out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        },
+        Some(b) => tracked([x.node(), w.node(), b.node()], state, out),
+        None => tracked([x.node(), w.node()], state, out),
+    }
+}
+
+/// `out`, recorded in the graph with its parents (input, weight and the bias if any).
+fn tracked<const N: usize>(parents: [NodeGuard; N], state: ConvState, out: FlexTensor) -> AdTensor {
+    match ConvBackward
+        .prepare::<NoCheckpointing>(parents)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
     }
 }
