@@ -2,11 +2,13 @@
 //! here, so that the command line, the tests and every program built on this library
 //! allocate alike.
 //!
-//! Why: a training step frees and allocates many multi-megabyte tensors. glibc's
-//! allocator handed them back to the kernel and took fresh pages again, each 4 KiB page a
-//! page fault and a zeroing; with jemalloc on transparent huge pages and freed memory
-//! kept for reuse, `bench model` runs 5–13 % faster than glibc on huge pages did
-//! (BENCHMARKS.md, "The allocator"), for a peak RSS about 6 % higher.
+//! Why: a training step frees and allocates many multi-megabyte tensors, and each fresh
+//! 4 KiB page is a page fault and a zeroing. jemalloc on transparent huge pages, with
+//! freed memory kept for reuse and its default arenas, ran `bench model` 5–13 % faster
+//! than glibc on huge pages; with the one arena configured below (which bounds the demo's
+//! memory) at the same speed as with its default arenas, and the build as a whole 1–8 %
+//! faster than the glibc build it replaced, for a peak RSS about 8 % higher (BENCHMARKS.md,
+//! "The kernels at home, jemalloc, and the speed before and after").
 //!
 //! It can also record the largest single request (for the readers' allocation-bound
 //! tests): [`reset_largest`] starts recording, [`largest`] reads it.
@@ -73,9 +75,9 @@ pub struct Conf(*const std::ffi::c_char);
 // SAFETY: the pointer is to a static, immutable, NUL-terminated string
 unsafe impl Sync for Conf {}
 
-/// One arena (with one per thread, as jemalloc's default of four per core, memory freed
-/// in one arena was not reused by the others: the demo's peak RSS grew to 6.8 GiB; with
-/// one arena it stays near glibc's, at the same speed), transparent huge pages for all
+/// One arena (with jemalloc's default of four per core the demo's peak RSS grew to
+/// 6.8 GiB, apparently because memory freed in one arena was not reused by the others;
+/// with one arena it stays near glibc's, at the same speed), transparent huge pages for all
 /// memory and its metadata, mappings retained and freed pages never returned to the
 /// kernel (the tensors of the next step reuse them; any decay, even 30 s, made the `cpu`
 /// step 15–19 % slower). The
