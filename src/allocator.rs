@@ -88,3 +88,24 @@ pub static MALLOC_CONF: Conf = Conf(
     c"narenas:1,thp:always,metadata_thp:auto,retain:true,dirty_decay_ms:-1,muzzy_decay_ms:-1"
         .as_ptr(),
 );
+
+/// Hand the pages jemalloc holds unused back to the kernel (its `arena.<all>.purge`).
+/// A process that keeps running after a computation (the Python package, after each
+/// call) calls this so that its resident memory falls back to what it still uses; the
+/// command line never needs it, as it exits. Returns whether jemalloc accepted it.
+pub fn release_free_memory() -> bool {
+    // jemalloc's MALLCTL_ARENAS_ALL: the command applies to every arena
+    let name = c"arena.4096.purge";
+    // SAFETY: a NUL-terminated name of a command that reads and writes nothing (null
+    // old/new pointers, zero lengths), as the mallctl manual allows
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    rc == 0
+}

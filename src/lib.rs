@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod model_file;
 pub mod preprocess;
+pub mod progress;
 pub mod rl;
 pub mod run;
 pub mod seed;

@@ -508,8 +508,8 @@ fn labels_of(run: &Path, device: Device, data: &Path) -> Vec<u8> {
     let first = |m| ds.select(m, Split::Test)[0].image.clone();
     let ct = p.prepare(&first(Modality::Ct), Modality::Ct).unwrap();
     let mr = p.prepare(&first(Modality::Mr), Modality::Mr).unwrap();
-    let hidden = indicatif::ProgressBar::hidden();
-    let [c, m] = p.predict_any(Some(&ct), Some(&mr), &hidden);
+    let hidden = rlu2net::progress::Progress::hidden();
+    let [c, m] = p.predict_any(Some(&ct), Some(&mr), &hidden).unwrap();
     let mut v: Vec<u8> = c.unwrap().labels.data.iter().map(|&l| l as u8).collect();
     v.extend(m.unwrap().labels.data.iter().map(|&l| l as u8));
     v
@@ -539,6 +539,7 @@ fn training_inference_and_checkpoints_agree_across_devices() {
             device: device.autodiff(),
             progress: false,
             stop_after_steps: None,
+            watch: None,
         };
         rlu2net::train::train(&cfg, &opts).unwrap();
         runs.push(out);

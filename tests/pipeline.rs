@@ -35,6 +35,7 @@ fn tiny_run(dir: &Path) -> std::path::PathBuf {
             device: Device::flex(),
             progress: false,
             stop_after_steps: None,
+            watch: None,
         },
     )
     .unwrap();
@@ -69,8 +70,8 @@ fn prediction_has_the_inputs_affine_and_shape_for_an_oblique_non_ras_input() {
 
     for modality in [Modality::Ct, Modality::Mr] {
         let x = p.prepare(&input, modality).unwrap();
-        let pb = indicatif::ProgressBar::hidden();
-        let pred = p.predict(&x, None, modality == Modality::Ct, &pb);
+        let pb = rlu2net::progress::Progress::hidden();
+        let pred = p.predict(&x, None, modality == Modality::Ct, &pb).unwrap();
         let out = d.path().join("pred.nii.gz");
         write_prediction(&out, &pred, true).unwrap();
         let (back, info) = read_nifti::<i16>(&out).unwrap();

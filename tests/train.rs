@@ -27,6 +27,7 @@ fn opts(data: &Path, out: &Path, resume: bool) -> TrainOptions {
         device: Device::flex(),
         progress: false,
         stop_after_steps: None,
+        watch: None,
     }
 }
 
@@ -73,6 +74,7 @@ fn six_steps_equal_three_plus_resumed_three() {
     let split = d.path().join("split");
     let interrupted = TrainOptions {
         stop_after_steps: Some(3),
+        watch: None,
         ..opts(&data, &split, false)
     };
     let s = train(&cfg, &interrupted).unwrap();

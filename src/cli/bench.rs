@@ -146,9 +146,11 @@ fn sliding_window(a: BenchArgs) -> anyhow::Result<()> {
         a.preset,
         cfg.model.patch
     );
-    let hidden = indicatif::ProgressBar::hidden();
+    let hidden = crate::progress::Progress::hidden();
     let (m, all) = median_ms(a.runs, || {
-        let (pc, pm) = p.probabilities_pair(&ct, &mr, &hidden);
+        let (pc, pm) = p
+            .probabilities_pair(&ct, &mr, &hidden)
+            .expect("a progress nothing stops");
         let _ = (argmax_labels(&pc), argmax_labels(&pm));
         sync(&dev);
     });

@@ -129,7 +129,7 @@ pub struct TrainArgs {
 
 /// The run folder, configuration and data folder of `train`: a new run's, or those the
 /// run folder records (`--resume`), with the command line's overrides applied.
-fn train_setup(a: &TrainArgs) -> anyhow::Result<(PathBuf, crate::train::TrainConfig, PathBuf)> {
+pub fn train_setup(a: &TrainArgs) -> anyhow::Result<(PathBuf, crate::train::TrainConfig, PathBuf)> {
     use crate::train::TrainConfig;
     let (out, mut cfg, data) = match &a.resume {
         Some(root) => {
@@ -187,6 +187,7 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
         device: selected.device,
         progress: true,
         stop_after_steps: None,
+        watch: None,
     };
     eprintln!(
         "training {:?} preset on {}: {} epochs × {} steps, backend {}",

@@ -195,11 +195,13 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
         a.mr.as_ref()
             .map(|m| p.prepare(m, Modality::Mr))
             .transpose()?;
-    let pb = crate::infer::window_bar(p.window_total(ct.as_ref(), mr.as_ref()));
+    let pb = crate::progress::Progress::new(crate::infer::window_bar(
+        p.window_total(ct.as_ref(), mr.as_ref()),
+    ));
     let mut written = Vec::new();
     let mut stats: Vec<(String, Statistics)> = Vec::new();
     // a pair is predicted in one pass; a single volume alone
-    let [pred_ct, pred_mr] = p.predict_any(ct.as_ref(), mr.as_ref(), &pb);
+    let [pred_ct, pred_mr] = p.predict_any(ct.as_ref(), mr.as_ref(), &pb)?;
     if let (Some(c), Some(pred)) = (&ct, pred_ct) {
         written.extend(write_output(&out, c, &pred, &a)?);
         if a.statistics {
@@ -383,6 +385,7 @@ fn train_infer_evaluate(
             device: device(backend)?,
             progress: true,
             stop_after_steps: None,
+            watch: None,
         },
     )?;
     eprintln!(

@@ -244,8 +244,9 @@ fn predict_inputs(
     each: &mut impl FnMut(&Case, &Input, &Prediction) -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let [ci, mi] = inputs;
-    let windows = bars.windows(p.window_total(ci.as_ref(), mi.as_ref()));
-    let preds = p.predict_any(ci.as_ref(), mi.as_ref(), &windows);
+    let windows =
+        crate::progress::Progress::new(bars.windows(p.window_total(ci.as_ref(), mi.as_ref())));
+    let preds = p.predict_any(ci.as_ref(), mi.as_ref(), &windows)?;
     windows.finish_and_clear();
     let mut written = Vec::new();
     for ((case, input), pred) in pair.into_iter().zip(inputs).zip(preds) {

@@ -22,6 +22,7 @@ use crate::data::pairing::partner_start;
 use crate::io::{DType, Reorientation, Volume, from_ras, read_nifti, write_nifti};
 use crate::model::{ActionMode, RlU2Net};
 use crate::preprocess::{CtStats, to_working_grid};
+use crate::progress::Progress;
 
 /// A trained run, ready to predict.
 pub struct Predictor {
@@ -114,6 +115,24 @@ impl Predictor {
     /// folder, a `.zip` or one multi-frame file).
     pub fn prepare(&self, path: &Path, modality: Modality) -> anyhow::Result<Input> {
         let (original, nifti_version, dicom) = read_input(path, modality)?;
+        let mut input = self.prepare_volume(original, modality, path)?;
+        input.nifti_version = nifti_version;
+        input.dicom = dicom;
+        Ok(input)
+    }
+
+    /// Preprocess a volume already in memory (an array handed over by a caller);
+    /// `source` names it in errors. Every voxel must be finite and the image not
+    /// constant, as for a file.
+    pub fn prepare_volume(
+        &self,
+        original: Volume<f32>,
+        modality: Modality,
+        source: &Path,
+    ) -> anyhow::Result<Input> {
+        let path = source;
+        crate::io::check_finite(&original.data)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let (lo, hi) = original
             .intensity_range()
             .with_context(|| format!("{}: every voxel is NaN", path.display()))?;
@@ -135,8 +154,8 @@ impl Predictor {
             original,
             reorientation: w.reorientation,
             work: w.image,
-            nifti_version,
-            dicom,
+            nifti_version: 1,
+            dicom: None,
         })
     }
 
@@ -207,8 +226,8 @@ impl Predictor {
         primary: &Array3<f32>,
         other: Option<&Array3<f32>>,
         primary_is_ct: bool,
-        progress: &indicatif::ProgressBar,
-    ) -> Array4<f32> {
+        progress: &Progress,
+    ) -> anyhow::Result<Array4<f32>> {
         let roi = self.cfg.model.patch;
         let pv = Padded::new(primary, roi);
         let ov = other.map(|o| Padded::new(o, roi));
@@ -222,8 +241,8 @@ impl Predictor {
             &mut acc,
             None,
             progress,
-        );
-        acc.finish(pv.pad)
+        )?;
+        Ok(acc.finish(pv.pad))
     }
 
     /// Both modalities of a pair from one tiling, as the paper's reference pairs them:
@@ -235,8 +254,8 @@ impl Predictor {
         &self,
         ct: &Array3<f32>,
         mr: &Array3<f32>,
-        progress: &indicatif::ProgressBar,
-    ) -> (Array4<f32>, Array4<f32>) {
+        progress: &Progress,
+    ) -> anyhow::Result<(Array4<f32>, Array4<f32>)> {
         let roi = self.cfg.model.patch;
         let (c, m) = (Padded::new(ct, roi), Padded::new(mr, roi));
         let mut acc_c = Accumulator::new(NUM_CLASSES, c.dims(), roi);
@@ -250,7 +269,7 @@ impl Predictor {
             &mut acc_c,
             Some(&mut acc_m),
             progress,
-        );
+        )?;
         let gaps: Vec<[usize; 3]> = windows(m.dims(), roi, self.overlap)
             .into_iter()
             .filter(|st| acc_m.has_gap(*st, m.pad))
@@ -262,14 +281,15 @@ impl Predictor {
         );
         if !gaps.is_empty() {
             progress.inc_length(gaps.len() as u64);
-            self.run_windows(&m, Some(&c), &gaps, false, &mut acc_m, None, progress);
+            self.run_windows(&m, Some(&c), &gaps, false, &mut acc_m, None, progress)?;
         }
-        (acc_c.finish(c.pad), acc_m.finish(m.pad))
+        Ok((acc_c.finish(c.pad), acc_m.finish(m.pad)))
     }
 
     /// Forward the windows `wins` of `primary` (with their partners in `other`) in
     /// batches; the primary branch goes into `acc`, the partner branch into
-    /// `acc_other` at the partner windows when given.
+    /// `acc_other` at the partner windows when given; stops with
+    /// [`Interrupted`](crate::progress::Interrupted) between batches once a stop is requested.
     #[allow(clippy::too_many_arguments)]
     fn run_windows(
         &self,
@@ -279,11 +299,12 @@ impl Predictor {
         primary_is_ct: bool,
         acc: &mut Accumulator,
         mut acc_other: Option<&mut Accumulator>,
-        progress: &indicatif::ProgressBar,
-    ) {
+        progress: &Progress,
+    ) -> anyhow::Result<()> {
         let roi = self.cfg.model.patch;
         let per = NUM_CLASSES * roi.pow(3);
         for chunk in wins.chunks(self.batch.max(1)) {
+            progress.check()?;
             let mut a = Vec::with_capacity(chunk.len() * roi.pow(3));
             let mut b = Vec::with_capacity(chunk.len() * roi.pow(3));
             let mut partners = Vec::with_capacity(chunk.len());
@@ -313,6 +334,7 @@ impl Predictor {
             }
             progress.inc(chunk.len() as u64);
         }
+        Ok(())
     }
 
     /// Windows a volume will be tiled with (for progress bars).
@@ -334,15 +356,15 @@ impl Predictor {
         primary: &Input,
         other: Option<&Input>,
         primary_is_ct: bool,
-        progress: &indicatif::ProgressBar,
-    ) -> Prediction {
+        progress: &Progress,
+    ) -> anyhow::Result<Prediction> {
         let probs = self.probabilities(
             &primary.work.data,
             other.map(|o| &o.work.data),
             primary_is_ct,
             progress,
-        );
-        self.prediction(primary, probs)
+        )?;
+        Ok(self.prediction(primary, probs))
     }
 
     /// Predict what is given: a CT + MRI pair in one tiling (`probabilities_pair`), a
@@ -351,14 +373,14 @@ impl Predictor {
         &self,
         ct: Option<&Input>,
         mr: Option<&Input>,
-        progress: &indicatif::ProgressBar,
-    ) -> [Option<Prediction>; 2] {
+        progress: &Progress,
+    ) -> anyhow::Result<[Option<Prediction>; 2]> {
         let [pc, pm] =
-            self.probabilities_any(ct.map(|c| &c.work.data), mr.map(|m| &m.work.data), progress);
-        [
+            self.probabilities_any(ct.map(|c| &c.work.data), mr.map(|m| &m.work.data), progress)?;
+        Ok([
             ct.zip(pc).map(|(c, p)| self.prediction(c, p)),
             mr.zip(pm).map(|(m, p)| self.prediction(m, p)),
-        ]
+        ])
     }
 
     /// Probabilities of what is given, as `predict_any` pairs them: [CT, MRI].
@@ -366,18 +388,20 @@ impl Predictor {
         &self,
         ct: Option<&Array3<f32>>,
         mr: Option<&Array3<f32>>,
-        progress: &indicatif::ProgressBar,
-    ) -> [Option<Array4<f32>>; 2] {
-        match (ct, mr) {
+        progress: &Progress,
+    ) -> anyhow::Result<[Option<Array4<f32>>; 2]> {
+        Ok(match (ct, mr) {
             (Some(c), Some(m)) => {
-                let (a, b) = self.probabilities_pair(c, m, progress);
+                let (a, b) = self.probabilities_pair(c, m, progress)?;
                 [Some(a), Some(b)]
             }
             _ => [
-                ct.map(|c| self.probabilities(c, None, true, progress)),
-                mr.map(|m| self.probabilities(m, None, false, progress)),
+                ct.map(|c| self.probabilities(c, None, true, progress))
+                    .transpose()?,
+                mr.map(|m| self.probabilities(m, None, false, progress))
+                    .transpose()?,
             ],
-        }
+        })
     }
 
     /// Windows `predict_any` runs first (a pair: the CT's; more may be added).
@@ -475,7 +499,7 @@ impl Padded {
 
 /// A NIfTI file (its version) or a DICOM series (its source description), checking
 /// that a series' own Modality agrees with the one it is given as.
-fn read_input(
+pub fn read_input(
     path: &Path,
     modality: Modality,
 ) -> anyhow::Result<(Volume<f32>, u8, Option<crate::io::dicom::SeriesSource>)> {
@@ -606,13 +630,13 @@ mod tests {
     #[test]
     fn a_pair_in_one_pass_equals_two_passes_for_equal_sizes_and_covers_a_larger_mri() {
         let p = predictor();
-        let hidden = indicatif::ProgressBar::hidden();
+        let hidden = Progress::hidden();
         let (ct, mr) = (volume((40, 36, 34), 0.0), volume((40, 36, 34), 1.0));
-        let (pc, pm) = p.probabilities_pair(&ct, &mr, &hidden);
+        let (pc, pm) = p.probabilities_pair(&ct, &mr, &hidden).unwrap();
         // equal sizes: every MRI window is its CT window's partner, so the one pass
         // sees exactly the inputs of the two separate passes
-        let c2 = p.probabilities(&ct, Some(&mr), true, &hidden);
-        let m2 = p.probabilities(&mr, Some(&ct), false, &hidden);
+        let c2 = p.probabilities(&ct, Some(&mr), true, &hidden).unwrap();
+        let m2 = p.probabilities(&mr, Some(&ct), false, &hidden).unwrap();
         let max_diff = |a: &Array4<f32>, b: &Array4<f32>| {
             a.iter()
                 .zip(b.iter())
@@ -625,7 +649,7 @@ mod tests {
         // an MRI larger than its CT: partners leave its border strips, which are then
         // tiled too; every voxel gets probabilities that sum to 1
         let big = volume((60, 50, 45), 2.0);
-        let (_, pb) = p.probabilities_pair(&ct, &big, &hidden);
+        let (_, pb) = p.probabilities_pair(&ct, &big, &hidden).unwrap();
         assert_eq!(pb.dim(), (NUM_CLASSES, 60, 50, 45));
         for v in pb.lanes(ndarray::Axis(0)) {
             let s: f32 = v.sum();

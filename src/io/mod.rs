@@ -11,7 +11,8 @@ pub mod orientation;
 pub mod volume;
 
 pub use self::nifti::{
-    DType, NiftiInfo, VolumeError, Voxel, read_nifti, read_nifti_bytes, write_nifti,
+    DType, NiftiInfo, Problem, VolumeError, Voxel, check_finite, read_nifti, read_nifti_bytes,
+    write_nifti,
 };
 pub use nifti2::write_nifti2;
 pub use orientation::{Orientation, Reorientation, from_ras, to_ras};

@@ -24,14 +24,34 @@ use super::volume::Volume;
 pub struct VolumeError {
     pub path: PathBuf,
     pub problem: String,
+    pub kind: Problem,
+}
+
+/// What kind of problem a [`VolumeError`] is (the Python package raises
+/// `FileNotFoundError`, `OSError` or `ValueError` by it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// Nothing is at the path.
+    NotFound,
+    /// The operating system refused to read it (permissions, an I/O error).
+    Unreadable,
+    /// It was read, and its content is not a usable volume.
+    Invalid,
 }
 
 impl VolumeError {
+    /// A file whose content is not usable.
     pub fn new(path: &Path, problem: impl Into<String>) -> Self {
         VolumeError {
             path: path.to_path_buf(),
             problem: problem.into(),
+            kind: Problem::Invalid,
         }
+    }
+
+    pub fn with_kind(mut self, kind: Problem) -> Self {
+        self.kind = kind;
+        self
     }
 }
 
@@ -125,14 +145,13 @@ const MAX_TRAILING_BYTES: u64 = 64 << 20;
 /// would block forever and a character device (e.g. a link to `/dev/zero`) would
 /// be read without end, so both are refused by their type, before opening.
 pub fn open_regular(path: &Path) -> Result<std::fs::File, VolumeError> {
-    let meta = std::fs::metadata(path).map_err(|e| {
-        VolumeError::new(
-            path,
-            match e.kind() {
-                std::io::ErrorKind::NotFound => "file not found".to_string(),
-                _ => format!("cannot read file: {e}"),
-            },
-        )
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            VolumeError::new(path, "file not found").with_kind(Problem::NotFound)
+        }
+        _ => {
+            VolumeError::new(path, format!("cannot read file: {e}")).with_kind(Problem::Unreadable)
+        }
     })?;
     let ft = meta.file_type();
     if !ft.is_file() {
@@ -150,7 +169,9 @@ pub fn open_regular(path: &Path) -> Result<std::fs::File, VolumeError> {
             format!("{what}, not a regular file: only regular files are read"),
         ));
     }
-    std::fs::File::open(path).map_err(|e| VolumeError::new(path, format!("cannot read file: {e}")))
+    std::fs::File::open(path).map_err(|e| {
+        VolumeError::new(path, format!("cannot read file: {e}")).with_kind(Problem::Unreadable)
+    })
 }
 
 #[cfg(unix)]
@@ -492,6 +513,11 @@ fn to_volume<T: Voxel>(
     ))
 }
 
+/// `Err` naming how many voxels are NaN or infinite and where the first is.
+pub fn check_finite(data: &Array3<f32>) -> Result<(), String> {
+    reject_non_finite(data, DType::Float32, false)
+}
+
 /// NaN or infinite voxels (stored as such, or made by the scaling) are an error: no
 /// step of this tool can give them a meaning, and guessing a value would change
 /// every number computed from the volume without a word.
@@ -513,7 +539,7 @@ fn reject_non_finite<T: Voxel>(data: &Array3<T>, dtype: DType, scaled: bool) -> 
         return Ok(());
     }
     Err(format!(
-        "{bad} voxel(s) are NaN or infinite (the first at voxel {first:?}); replace them (for example with the background value) before using this file"
+        "{bad} voxel(s) are NaN or infinite (the first at voxel {first:?}); replace them (for example with the background value) before using this image"
     ))
 }
 

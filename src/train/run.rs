@@ -47,6 +47,10 @@ pub struct TrainOptions {
     /// Stop (with a checkpoint) once this many steps are done, as an interruption
     /// would; the schedule stays that of the whole run.
     pub stop_after_steps: Option<u64>,
+    /// Report the steps here (instead of the bar of `progress`), and stop when it is
+    /// asked to: with a checkpoint, as at the time limit but without the validation, and
+    /// [`Interrupted`](crate::progress::Interrupted) as the error (the run resumes).
+    pub watch: Option<crate::progress::Progress>,
 }
 
 /// What a finished (or stopped) run reports.
@@ -668,7 +672,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSumm
         t.state.step,
         cfg.total_steps(),
     );
-    let pb = progress_bar(opts.progress, t.total(), t.state.step);
+    let pb = match &opts.watch {
+        Some(w) => {
+            w.set_length(t.total());
+            w.set_position(t.state.step);
+            (**w).clone()
+        }
+        None => progress_bar(opts.progress, t.total(), t.state.step),
+    };
     let (mut first_loss, mut last_loss, mut stopped_early) = (None, None, false);
     let clock = Clock::new(cfg, t0, t.state.step);
     while t.state.step < t.total() {
@@ -693,9 +704,18 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSumm
             t.state.total_steps = Some(n);
             pb.set_length(n);
         }
+        let finished = t.state.step >= t.total();
+        if !finished && opts.watch.as_ref().is_some_and(|w| w.stop_requested()) {
+            t.end_of_epoch(&run, &mut metrics, false, &clock)?;
+            pb.abandon();
+            return Err(anyhow::Error::new(crate::progress::Interrupted).context(format!(
+                "training stopped at step {} of {}; the checkpoint is written, and the run resumes from it",
+                t.state.step,
+                t.total()
+            )));
+        }
         let out_of_time =
             clock.out_of_time() || opts.stop_after_steps.is_some_and(|n| t.state.step >= n);
-        let finished = t.state.step >= t.total();
         let epoch_end = epoch_end || finished;
         if epoch_end || out_of_time {
             let epoch_done = t.state.step.div_ceil(spe);

@@ -39,14 +39,16 @@ pub fn validate(
     ct: &[PreparedCase],
     mr: &[PreparedCase],
 ) -> ([f64; NUM_STRUCTURES], [f64; NUM_STRUCTURES]) {
-    let hidden = indicatif::ProgressBar::hidden();
+    // nothing asks this one to stop, so the windows' loop cannot end early
+    let hidden = crate::progress::Progress::hidden();
     let mut sums = [[0.0f64; NUM_STRUCTURES]; 2];
     let mut counts = [[0usize; NUM_STRUCTURES]; 2];
     for i in 0..ct.len().max(mr.len()) {
         let (c, m) = (ct.get(i), mr.get(i));
         // a pair in one pass, as `infer` predicts it; a volume without partner alone
-        let probs =
-            p.probabilities_any(c.map(|c| &c.image.data), m.map(|m| &m.image.data), &hidden);
+        let probs = p
+            .probabilities_any(c.map(|c| &c.image.data), m.map(|m| &m.image.data), &hidden)
+            .expect("a progress nothing stops");
         for (k, (case, probs)) in [c, m].into_iter().zip(probs).enumerate() {
             let (Some(case), Some(probs)) = (case, probs) else {
                 continue;
