@@ -91,19 +91,19 @@ def _interrupt_after(seconds: float) -> threading.Timer:
     return timer
 
 
-def test_ctrl_c_stops_segment(run, images):
-    slow = rlu2net.load(run, device="cpu", overlap=0.9, tta=True)
+def test_ctrl_c_stops_segment(model, run, images):
     t0 = time.perf_counter()
-    slow.segment(ct=images["ct"], mr=images["mr"])
-    full = time.perf_counter() - t0
-    assert full > 1.0, f"too quick to interrupt ({full:.2f} s)"
+    model.segment(ct=images["ct"], mr=images["mr"])
+    one = time.perf_counter() - t0
+    # eight mirrored passes: about 8 × as long as one
+    slow = rlu2net.load(run, device="cpu", tta=True)
     timer = _interrupt_after(0.3)
     t0 = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
         slow.segment(ct=images["ct"], mr=images["mr"])
     took = time.perf_counter() - t0
     timer.join()
-    assert took < 0.3 + 0.5 * full, (took, full)
+    assert took < 0.3 + 0.5 * 8 * one, (took, one)
     # the model still works afterwards
     assert slow.segment(ct=images["ct"]).labels.size > 0
 
@@ -129,7 +129,8 @@ def _rss_mb() -> float:
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
 def test_memory_stays_flat_over_50_calls(model, images):
     img = nib.load(images["ct"])
-    a = np.asarray(img.dataobj)
+    # a corner of the CT (a few windows), so that 50 calls stay quick
+    a = np.asarray(img.dataobj)[:48, :48, :48]
     model.segment(ct=a, affine=img.affine)
     first = _rss_mb()
     for _ in range(50):

@@ -18,6 +18,26 @@ pub use nifti2::write_nifti2;
 pub use orientation::{Orientation, Reorientation, from_ras, to_ras};
 pub use volume::Volume;
 
+/// What kind of problem an error is: the first cause in its chain that says decides (a
+/// [`VolumeError`]'s kind, or an I/O error's: nothing there, refused by the system, or
+/// bytes that are not what they should be); anything else is [`Problem::Invalid`].
+pub fn problem_of(e: &anyhow::Error) -> Problem {
+    for c in e.chain() {
+        if let Some(v) = c.downcast_ref::<VolumeError>() {
+            return v.kind;
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            return match io.kind() {
+                K::NotFound => Problem::NotFound,
+                K::InvalidData | K::UnexpectedEof | K::InvalidInput => Problem::Invalid,
+                _ => Problem::Unreadable,
+            };
+        }
+    }
+    Problem::Invalid
+}
+
 /// Write `bytes` to `path` durably: into a temporary file in the same folder, flushed
 /// to disk, renamed over `path`, and the folder flushed too, so that neither a crash nor
 /// a power loss leaves a renamed but empty or half-written file (SQLite's and git's rule).
@@ -77,6 +97,40 @@ pub fn rename_durably(tmp: &std::path::Path, path: &std::path::Path) -> std::io:
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_first_cause_that_says_decides_the_problem() {
+        use std::path::Path;
+        let nf = anyhow::Error::new(
+            VolumeError::new(Path::new("a.nii"), "file not found").with_kind(Problem::NotFound),
+        );
+        assert_eq!(problem_of(&nf), Problem::NotFound);
+        assert_eq!(problem_of(&nf.context("reading the CT")), Problem::NotFound);
+        let bad = anyhow::Error::new(VolumeError::new(Path::new("a.nii"), "truncated"));
+        assert_eq!(problem_of(&bad), Problem::Invalid);
+        let io = |k| anyhow::Error::new(std::io::Error::from(k)).context("writing");
+        assert_eq!(
+            problem_of(&io(std::io::ErrorKind::PermissionDenied)),
+            Problem::Unreadable
+        );
+        assert_eq!(
+            problem_of(&io(std::io::ErrorKind::UnexpectedEof)),
+            Problem::Invalid
+        );
+        assert_eq!(
+            problem_of(&io(std::io::ErrorKind::NotFound)),
+            Problem::NotFound
+        );
+        assert_eq!(
+            problem_of(&anyhow::anyhow!("--threads must be at least 1")),
+            Problem::Invalid
+        );
+        // a missing file, as the reader reports it
+        let e =
+            anyhow::Error::new(read_nifti::<f32>(Path::new("/nonexistent/x.nii.gz")).unwrap_err());
+        assert_eq!(problem_of(&e), Problem::NotFound);
+    }
+
     use super::*;
     use nalgebra::Matrix4;
     use ndarray::Array3;

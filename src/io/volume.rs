@@ -172,7 +172,7 @@ mod tests {
         assert_eq!(a.data[[3, 2, 1]], 321.0);
         // the spacing is the affine's column lengths, unless given
         assert_eq!(a.spacing, [1.5, 0.5, 2.0]);
-        assert_eq!(a.world_of([1.0, 0.0, 0.0]), [0.0, -1.5, 7.0]);
+        assert_eq!(a.world_of([1.0, 0.0, 0.0]), [10.0, -1.5, 7.0]);
         let s = volume_from_array(c.into_dyn(), affine(), Some([1.0, 2.0, 3.0]), name).unwrap();
         assert_eq!(s.spacing, [1.0, 2.0, 3.0]);
     }
