@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 
@@ -240,6 +240,24 @@ class Model:
 
     def __repr__(self) -> str:
         return repr(self._native)
+
+    @overload
+    def segment(
+        self, ct: Any, mr: None = None, *, affine: Any = None, spacing: Any = None,
+        labels: str = "mmwhs", probabilities: bool = False, progress: Progress = False,
+    ) -> Segmentation: ...
+
+    @overload
+    def segment(
+        self, ct: None = None, *, mr: Any, affine: Any = None, spacing: Any = None,
+        labels: str = "mmwhs", probabilities: bool = False, progress: Progress = False,
+    ) -> Segmentation: ...
+
+    @overload
+    def segment(
+        self, ct: Any, mr: Any, *, affine: Any = None, spacing: Any = None,
+        labels: str = "mmwhs", probabilities: bool = False, progress: Progress = False,
+    ) -> Tuple[Segmentation, Segmentation]: ...
 
     def segment(
         self,

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -18,8 +18,11 @@ use crate::job::{Pool, run};
 /// A trained model (a run folder or an exported `.rlu2net` file) on its device.
 #[pyclass(module = "rlu2net._rlu2net", frozen)]
 pub struct Model {
-    /// One call at a time: a second Python thread waits for the first.
-    predictor: Mutex<Predictor>,
+    predictor: Predictor,
+    /// Whether a call is running: one at a time, a second Python thread waits for the
+    /// first (before its work is handed to the pool, so no pool thread ever waits).
+    busy: Mutex<bool>,
+    idle: Condvar,
     pool: Pool,
     path: PathBuf,
     device: String,
@@ -97,7 +100,9 @@ impl Model {
             Ok((p, selected.description))
         })?;
         Ok(Model {
-            predictor: Mutex::new(predictor),
+            predictor,
+            busy: Mutex::new(false),
+            idle: Condvar::new(),
             pool,
             path,
             device,
@@ -119,7 +124,7 @@ impl Model {
     /// The training configuration (TOML), as the run folder's config.toml.
     #[getter]
     fn config(&self) -> String {
-        self.predictor.lock().expect("not poisoned").cfg.to_toml()
+        self.predictor.cfg.to_toml()
     }
 
     fn __repr__(&self) -> String {
@@ -154,10 +159,11 @@ impl Model {
         };
         let (ct, mr) = (load(ct)?, load(mr)?);
         let watch = Progress::hidden();
+        let _turn = py.detach(|| Turn::take(&self.busy, &self.idle));
+        let p = &self.predictor;
         let outputs = run(py, &self.pool, &watch, progress.as_ref(), || {
-            let p = self.predictor.lock().expect("not poisoned");
-            let ci = ct.map(|c| prepare(&p, c, Modality::Ct)).transpose()?;
-            let mi = mr.map(|m| prepare(&p, m, Modality::Mr)).transpose()?;
+            let ci = ct.map(|c| prepare(p, c, Modality::Ct)).transpose()?;
+            let mi = mr.map(|m| prepare(p, m, Modality::Mr)).transpose()?;
             watch.set_length(p.window_total(ci.as_ref(), mi.as_ref()));
             let [pc, pm] = p.predict_any(ci.as_ref(), mi.as_ref(), &watch)?;
             Ok([pc, pm].map(|x| x.map(|x| output(x, probabilities))))
@@ -169,6 +175,30 @@ impl Model {
             }
         }
         Ok(out)
+    }
+}
+
+/// This thread's turn with the model, until dropped.
+struct Turn<'m> {
+    busy: &'m Mutex<bool>,
+    idle: &'m Condvar,
+}
+
+impl<'m> Turn<'m> {
+    fn take(busy: &'m Mutex<bool>, idle: &'m Condvar) -> Turn<'m> {
+        let mut b = busy.lock().unwrap_or_else(|e| e.into_inner());
+        while *b {
+            b = idle.wait(b).unwrap_or_else(|e| e.into_inner());
+        }
+        *b = true;
+        Turn { busy, idle }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *self.busy.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.idle.notify_one();
     }
 }
 

@@ -85,6 +85,26 @@ def test_another_thread_runs_during_segment(model, images):
     assert len(during) > 0.25 * (t1 - t0) / 0.002, (len(during), t1 - t0)
 
 
+def test_threads_share_one_model(run, images):
+    """Three threads on one model of one CPU thread: each waits its turn (no deadlock in
+    the pool), and each gets what a lone call gets."""
+    m = rlu2net.load(run, device="cpu", threads=1)
+    want = m.segment(ct=images["ct"]).labels
+    got = [None] * 3
+
+    def go(i):
+        got[i] = m.segment(ct=images["ct"]).labels
+
+    ts = [threading.Thread(target=go, args=(i,)) for i in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in ts)
+    for g in got:
+        np.testing.assert_array_equal(g, want)
+
+
 def _interrupt_after(seconds: float) -> threading.Timer:
     timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()

@@ -22,9 +22,11 @@ def test_from_paths_paired_and_single(model, images, cli_out):
     for m in ("ct", "mr"):
         alone = model.segment(**{m: images[m]})
         np.testing.assert_array_equal(alone.labels, cli_labels(cli_out[f"single_{m}"]))
-    # the pair is not the same as each alone (the partner matters), or the test above
-    # could not tell pairing from self-pairing
-    assert ct.labels.shape == cli_labels(cli_out["single_ct"]).shape
+    # to_nifti: the CLI's file, as nibabel holds it
+    img, ref = ct.to_nifti(), nib.load(str(cli_out["pair_ct"]))
+    np.testing.assert_allclose(img.affine, ref.affine, atol=1e-5)
+    np.testing.assert_allclose(img.header.get_zooms(), ref.header.get_zooms(), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), cli_labels(cli_out["pair_ct"]))
 
 
 def test_from_nibabel_images(model, images, cli_out):

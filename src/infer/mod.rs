@@ -657,3 +657,8 @@ mod tests {
         }
     }
 }
+// A predictor is shared by threads (the Python package's model is used from any thread).
+const _: fn() = || {
+    fn shared<T: Sync + Send>() {}
+    shared::<Predictor>();
+};
