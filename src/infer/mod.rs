@@ -37,6 +37,12 @@ pub struct Predictor {
     pub keep_largest: bool,
 }
 
+// A predictor is shared by threads (the Python package's model is used from any thread).
+const _: fn() = || {
+    fn shared<T: Sync + Send>() {}
+    shared::<Predictor>();
+};
+
 /// An input volume, its way back to the file's grid, and its working-grid version.
 pub struct Input {
     /// The file or series it was read from.
@@ -657,8 +663,3 @@ mod tests {
         }
     }
 }
-// A predictor is shared by threads (the Python package's model is used from any thread).
-const _: fn() = || {
-    fn shared<T: Sync + Send>() {}
-    shared::<Predictor>();
-};

@@ -594,6 +594,13 @@ fn progress_bar(show: bool, total: u64, at: u64) -> indicatif::ProgressBar {
     pb
 }
 
+/// The bar of a watching caller, at the run's length and step.
+fn watched_bar(w: &crate::progress::Progress, total: u64, at: u64) -> indicatif::ProgressBar {
+    w.set_length(total);
+    w.set_position(at);
+    (**w).clone()
+}
+
 /// What the loop needs from the run folder and the data: written and prepared before
 /// the first step.
 struct RunSetup {
@@ -673,11 +680,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSumm
         cfg.total_steps(),
     );
     let pb = match &opts.watch {
-        Some(w) => {
-            w.set_length(t.total());
-            w.set_position(t.state.step);
-            (**w).clone()
-        }
+        Some(w) => watched_bar(w, t.total(), t.state.step),
         None => progress_bar(opts.progress, t.total(), t.state.step),
     };
     let (mut first_loss, mut last_loss, mut stopped_early) = (None, None, false);
