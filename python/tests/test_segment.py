@@ -108,3 +108,10 @@ def test_statistics_equal_the_clis(model, images, cli_out):
     assert got_mr == want["mr"]
     # a bare label array takes the image's grid
     assert rlu2net.statistics(ct.labels, nib.load(images["ct"])) == want["ct"]
+
+
+def test_progress_on_a_tqdm_bar(model, images, capsys):
+    pytest.importorskip("tqdm")
+    model.segment(ct=images["ct"], progress=True)
+    err = capsys.readouterr().err
+    assert "segment" in err and "100%" in err, err
