@@ -105,13 +105,22 @@ def test_threads_share_one_model(run, images):
         np.testing.assert_array_equal(g, want)
 
 
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raises KeyboardInterrupt, as in a terminal (a process started in the
+    background by a shell inherits SIGINT ignored, and Python then leaves it so)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def _interrupt_after(seconds: float) -> threading.Timer:
     timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     return timer
 
 
-def test_ctrl_c_stops_segment(model, run, images):
+def test_ctrl_c_stops_segment(model, run, images, ctrl_c):
     t0 = time.perf_counter()
     model.segment(ct=images["ct"], mr=images["mr"])
     one = time.perf_counter() - t0
@@ -128,7 +137,7 @@ def test_ctrl_c_stops_segment(model, run, images):
     assert slow.segment(ct=images["ct"]).labels.size > 0
 
 
-def test_ctrl_c_stops_training_with_a_checkpoint(data, work):
+def test_ctrl_c_stops_training_with_a_checkpoint(data, work, ctrl_c):
     out = work / "interrupted"
     timer = _interrupt_after(4.0)
     with pytest.raises(KeyboardInterrupt):
