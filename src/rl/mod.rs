@@ -42,6 +42,10 @@ pub struct PpoConfig {
     /// in the same step (they share the state and the segmentation term of the reward,
     /// so only their alignment terms tell them apart), instead of the TD advantage.
     pub group_baseline: bool,
+    /// Score the rotations (the reward's S(a)) with the network as initialised, frozen,
+    /// instead of the network being trained (whose scores drift as it learns:
+    /// BENCHMARKS.md, "Pose 13 in training"). Off by default; an experiment.
+    pub probe_initial: bool,
 }
 
 impl Default for PpoConfig {
@@ -57,6 +61,7 @@ impl Default for PpoConfig {
             entropy_coef: 0.01,
             critic_hidden: 64,
             group_baseline: true,
+            probe_initial: false,
         }
     }
 }

@@ -214,6 +214,9 @@ struct Trainer<'a> {
     optim: ModuleOptimizer,
     agents: Vec<PpoAgent>,
     state: LoopState,
+    /// The network that scores the rotations when `ppo.probe_initial` (the initial one,
+    /// frozen); else the network being trained scores them.
+    probe_net: Option<RlU2Net>,
 }
 
 /// Each agent's rotations for one step and their log-probabilities.
@@ -248,7 +251,11 @@ impl<'a> Trainer<'a> {
                 best_epoch: None,
                 total_steps: None,
             },
+            probe_net: None,
         };
+        if cfg.ppo.probe_initial {
+            t.probe_net = Some(init_model(cfg, &t.device).valid());
+        }
         if !resume {
             let thetas: Vec<Vec<f32>> = t.agents.iter().map(|a| a.theta_f32()).collect();
             t.model = t.model.clone().with_thetas(&thetas);
@@ -337,7 +344,8 @@ impl<'a> Trainer<'a> {
         match (&batch.probe, batch.self_paired) {
             (Some(probe), false) if !self.agents.is_empty() => {
                 let inner = self.device.clone().inner();
-                let s = rotation_scores(&self.model.valid(), probe, self.cfg.model.patch, &inner);
+                let net = self.probe_net.clone().unwrap_or_else(|| self.model.valid());
+                let s = rotation_scores(&net, probe, self.cfg.model.patch, &inner);
                 taken
                     .iter()
                     .map(|acts| acts.iter().map(|&a| s[a]).collect())
