@@ -24,7 +24,8 @@ Conventions
   ``gpu`` feature and one is present, else the CPU), ``"cpu"``, ``"gpu"``, ``"gpu:N"``.
   ``threads=N`` bounds the CPU threads of that call or model (default: all cores).
 * Errors raise ``FileNotFoundError``, ``OSError`` or ``ValueError`` with the message the
-  command line prints; Ctrl-C raises ``KeyboardInterrupt`` within a fraction of a second.
+  command line prints; Ctrl-C raises ``KeyboardInterrupt`` (inference stops after its
+  current batch of windows, training after its current step, with a checkpoint).
   Computations release the GIL.
 """
 

@@ -61,7 +61,8 @@ pub fn volume(
     name: &Path,
 ) -> anyhow::Result<Volume<f32>> {
     let affine = affine_of(affine, name)?;
-    let owned = data.as_array().to_owned();
+    // one copy, into the library's (C) memory order whatever the array's
+    let owned = data.as_array().as_standard_layout().into_owned();
     Ok(rlu2net::io::volume::volume_from_array(
         owned, affine, spacing, name,
     )?)

@@ -24,12 +24,5 @@ pub fn to_py(e: anyhow::Error) -> PyErr {
 
 /// A panic's message as a `RuntimeError` (a bug; it must not end the interpreter).
 pub fn panic_to_py(payload: Box<dyn std::any::Any + Send>) -> PyErr {
-    let what = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default();
-    PyRuntimeError::new_err(format!(
-        "internal error (a panic: {what}); please report it"
-    ))
+    PyRuntimeError::new_err(rlu2net::infer::batch::panic_message(payload.as_ref()))
 }

@@ -35,29 +35,24 @@ fn modality(s: &str) -> PyResult<Modality> {
     }
 }
 
-/// MM-WHS label values (0, 205, …, 850) as float32, or class indices 0 … 7 made into
-/// those values; anything else is an error naming the value.
-fn label_values(
-    v: Volume<f32>,
-    classes: bool,
-    name: &std::path::Path,
-) -> anyhow::Result<Volume<f32>> {
+/// The class map (0 … 7) of MM-WHS label values (0, 205, …, 850), or of class indices
+/// when `classes`; anything else is an error naming the value.
+fn class_map(v: &Volume<f32>, classes: bool, name: &std::path::Path) -> anyhow::Result<Volume<u8>> {
+    use rlu2net::io::labels::{NUM_CLASSES, labels_to_classes};
     if !classes {
-        rlu2net::io::labels::labels_to_classes(&v, name)?;
-        return Ok(v);
+        return Ok(labels_to_classes(v, name)?);
     }
-    let values = rlu2net::io::labels::LABEL_VALUES;
     if let Some(bad) = v
         .data
         .iter()
-        .find(|&&c| !(c.fract() == 0.0 && (0.0..values.len() as f32).contains(&c)))
+        .find(|&&c| !(c.fract() == 0.0 && (0.0..NUM_CLASSES as f32).contains(&c)))
     {
         anyhow::bail!(
             "{}: {bad} is not a class index (0 … 7; labels=\"mmwhs\" reads MM-WHS values)",
             name.display()
         );
     }
-    Ok(v.map(|&c| values[c as usize] as f32))
+    Ok(v.map(|&c| c as u8))
 }
 
 /// Statistics of a label map over its image (the CLI's statistics.json, as JSON text).
@@ -77,12 +72,9 @@ pub fn statistics(
     let l = volume(&labels, &affine, spacing, &lname).map_err(to_py)?;
     let img = volume(&image, &affine, spacing, &PathBuf::from("<image>")).map_err(to_py)?;
     run(py, &Pool::Global, &Progress::hidden(), None, || {
-        let l = label_values(l, classes, &lname)?;
-        let s = rlu2net::metrics::statistics::statistics(
-            &img,
-            &l.map(|&v| v as i16),
-            m == Modality::Ct,
-        )?;
+        let values = class_map(&l, classes, &lname)?
+            .map(|&c| rlu2net::io::labels::LABEL_VALUES[c as usize] as i16);
+        let s = rlu2net::metrics::statistics::statistics(&img, &values, m == Modality::Ct)?;
         json(&s)
     })
 }
@@ -114,13 +106,7 @@ pub fn evaluate_arrays(
         )));
     }
     run(py, &Pool::Global, &Progress::hidden(), None, || {
-        let to_classes = |v: Volume<f32>, name: &std::path::Path| -> anyhow::Result<Volume<u8>> {
-            Ok(rlu2net::io::labels::labels_to_classes(
-                &label_values(v, classes, name)?,
-                name,
-            )?)
-        };
-        let (pc, tc) = (to_classes(p, &pn)?, to_classes(t, &tn)?);
+        let (pc, tc) = (class_map(&p, classes, &pn)?, class_map(&t, classes, &tn)?);
         json(&rlu2net::metrics::report::score_case(&case, m, &pc, &tc))
     })
 }

@@ -221,16 +221,18 @@ fn split_cases<'d>(
 
 /// `f`, with a panic turned into an error (a bug must not end a night's batch).
 fn guarded<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
-        Err(anyhow::anyhow!(
-            "internal error (a panic: {what}); please report it"
-        ))
-    })
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|panic| Err(anyhow::anyhow!("{}", panic_message(panic.as_ref()))))
+}
+
+/// The one line a caught panic is reported with.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let what = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    format!("internal error (a panic: {what}); please report it")
 }
 
 /// Predict the inputs read (a pair in one tiling, or one alone) and write them.

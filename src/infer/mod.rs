@@ -127,9 +127,9 @@ impl Predictor {
         Ok(input)
     }
 
-    /// Preprocess a volume already in memory (an array handed over by a caller);
-    /// `source` names it in errors. Every voxel must be finite and the image not
-    /// constant, as for a file.
+    /// Preprocess a volume already in memory; `source` names it in errors. Its voxels are
+    /// finite (the readers and `io::volume::volume_from_array` see to it); a constant
+    /// image is an error, as for a file.
     pub fn prepare_volume(
         &self,
         original: Volume<f32>,
@@ -137,8 +137,6 @@ impl Predictor {
         source: &Path,
     ) -> anyhow::Result<Input> {
         let path = source;
-        crate::io::check_finite(&original.data)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let (lo, hi) = original
             .intensity_range()
             .with_context(|| format!("{}: every voxel is NaN", path.display()))?;

@@ -93,7 +93,8 @@ pub fn axis_directions(affine: &Matrix4<f64>) -> [[f64; 3]; 3] {
 /// A volume from an array handed over by a caller (the Python package): any number of
 /// dimensions as long as those past the third are 1 (as the NIfTI reader takes a file),
 /// a voxel-to-world `affine` (RAS mm, as NIfTI's), and the voxel sizes — by default the
-/// lengths of the affine's columns. `name` names the array in errors.
+/// lengths of the affine's columns. Every voxel must be finite, as the readers require.
+/// `name` names the array in errors.
 pub fn volume_from_array(
     data: ndarray::ArrayD<f32>,
     affine: [[f64; 4]; 4],
@@ -131,11 +132,13 @@ pub fn volume_from_array(
     let data = data
         .into_dimensionality::<ndarray::Ix3>()
         .map_err(|e| bad(format!("cannot take the array as 3D: {e}")))?;
-    Ok(Volume::new(
-        data.as_standard_layout().into_owned(),
-        spacing,
-        m,
-    ))
+    let data = if data.is_standard_layout() {
+        data
+    } else {
+        data.as_standard_layout().into_owned()
+    };
+    super::check_finite(&data).map_err(bad)?;
+    Ok(Volume::new(data, spacing, m))
 }
 
 /// The length of each voxel axis in world units (the affine's column norms).
@@ -204,6 +207,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("invertible"), "{e}");
+        let mut nan = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[4, 3, 2]));
+        nan[[1, 2, 0]] = f32::NAN;
+        let e = volume_from_array(nan, affine(), None, name)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1 voxel(s) are NaN or infinite (the first at voxel [1, 2, 0])"),
+            "{e}"
+        );
         let mut projective = affine();
         projective[3] = [0.0, 0.0, 1.0, 1.0];
         assert!(volume_from_array(ok, projective, None, name).is_err());
