@@ -4,7 +4,7 @@ use std::path::Path;
 
 use nalgebra::Vector4;
 use rlu2net::data::labels::{STRUCTURES, class_counts, labels_to_classes};
-use rlu2net::data::synth::{Manifest, Scale, SynthOptions, generate};
+use rlu2net::data::synth::{Manifest, Scale, SynthOptions, Variety, generate};
 use rlu2net::io::{Volume, read_nifti};
 
 fn small(cases: usize, seed: u64) -> SynthOptions {
@@ -65,11 +65,132 @@ fn same_seed_gives_byte_identical_files() {
     );
 }
 
-/// One dataset shared by the anatomy tests.
+/// One synthwhs-1 dataset shared by the anatomy tests.
 fn dataset() -> (tempfile::TempDir, Manifest) {
     let d = tempfile::tempdir().unwrap();
-    let m = generate(&small(3, 5), d.path(), &|| {}).unwrap();
+    let opts = SynthOptions {
+        variety: Variety::Classic,
+        ..small(3, 5)
+    };
+    let m = generate(&opts, d.path(), &|| {}).unwrap();
     (d, m)
+}
+
+fn sha256(path: &Path) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(std::fs::read(path).unwrap());
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `--variety classic` writes the first generator's files byte for byte: these digests
+/// were taken from synthwhs-1 (`rlu2net synth --cases 1 --test-cases 0 --seed 3 --scale
+/// small`) before synthwhs-2 existed.
+#[test]
+fn classic_reproduces_synthwhs_1_byte_for_byte() {
+    let d = tempfile::tempdir().unwrap();
+    let opts = SynthOptions {
+        variety: Variety::Classic,
+        ..small(1, 3)
+    };
+    let m = generate(&opts, d.path(), &|| {}).unwrap();
+    assert_eq!(m.generator, "synthwhs-1");
+    let want = [
+        (
+            "ct_train/ct_train_1001_image.nii.gz",
+            "97741164a6add5e982e98ff7561a7559a75a3c8f40d98b0189f33d8b2a2b2428",
+        ),
+        (
+            "ct_train/ct_train_1001_label.nii.gz",
+            "fc8dcbc6132f81768dc4b9e27122c0424029dd335fec131ed89a7827c0018f63",
+        ),
+        (
+            "mr_train/mr_train_1001_image.nii.gz",
+            "e830eec5731532077c0804e924e9fe0d7c87cc873ba64ae123adcb61b6b2950b",
+        ),
+        (
+            "mr_train/mr_train_1001_label.nii.gz",
+            "62534f68c4ec88f11ac3ade1a874205b4de5e180153a81159cecf4a1fe8f9cb7",
+        ),
+        (
+            "manifest.json",
+            "17784d68e37b7109fe2a51e98fa075d45019123efdaab869f17b079e48d6d042",
+        ),
+    ];
+    for (file, digest) in want {
+        assert_eq!(sha256(&d.path().join(file)), digest, "{file}");
+    }
+    // a synthwhs-1 manifest (no `variety` key) reads back as classic
+    let back = Manifest::read(&d.path().join("manifest.json")).unwrap();
+    assert_eq!(back.options.variety, Variety::Classic);
+}
+
+/// synthwhs-2: structures vary on their own, every draw is in the manifest, and the
+/// held-out profile lies outside the training ranges.
+#[test]
+fn varied_structures_vary_independently_and_held_out_lies_outside() {
+    let d = tempfile::tempdir().unwrap();
+    let m = generate(&small(4, 8), d.path(), &|| {}).unwrap();
+    assert_eq!(m.generator, "synthwhs-2");
+    assert_eq!(m.options.variety, Variety::Varied);
+    let template = m.template_volumes_ml;
+    let mut spread = 0.0f64;
+    for case in &m.cases {
+        let ct = classes(&d.path().join(&case.ct.label));
+        let n = class_counts(&ct.data);
+        let v_ml = ct.spacing.iter().product::<f64>() / 1000.0;
+        let ratios: Vec<f64> = (0..7)
+            .map(|s| n[s + 1] as f64 * v_ml / template[s])
+            .collect();
+        // every structure is there (the field of view may cut the vessels)
+        for (s, r) in ratios.iter().enumerate().take(5) {
+            assert!(
+                (0.3..2.5).contains(r),
+                "case {} {}: ratio {r:.2}",
+                case.id,
+                STRUCTURES[s]
+            );
+        }
+        // chambers scaled independently: their ratios differ within one case
+        let ch = &ratios[1..5];
+        let (lo, hi) = ch
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(a, b), &r| (a.min(r), b.max(r)));
+        spread = spread.max(hi / lo);
+        let vars = case
+            .ct_subject
+            .structures
+            .as_ref()
+            .expect("per-structure draws");
+        assert_eq!(vars.len(), 7);
+        let app = case
+            .ct
+            .appearance
+            .varied
+            .as_ref()
+            .expect("varied appearance");
+        assert!(["arterial", "right-heart", "venous"].contains(&app.contrast.as_str()));
+    }
+    assert!(
+        spread > 1.25,
+        "chamber volume ratios within a case differ by {spread:.2}× at most"
+    );
+    // held out: the global rotation lies beyond ±20° on every axis, the CT noise outside 8–60 HU
+    let h = tempfile::tempdir().unwrap();
+    let opts = SynthOptions {
+        variety: Variety::HeldOut,
+        ..small(2, 8)
+    };
+    let m = generate(&opts, h.path(), &|| {}).unwrap();
+    for case in &m.cases {
+        assert!(
+            case.ct_subject.rotation_deg.iter().all(|r| r.abs() >= 20.0),
+            "{:?}",
+            case.ct_subject.rotation_deg
+        );
+        let noise = case.ct.appearance.noise;
+        assert!(!(8.0..60.0).contains(&noise), "{noise}");
+    }
+    assert_eq!(m.options.variety, Variety::HeldOut);
 }
 
 #[test]

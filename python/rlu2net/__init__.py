@@ -453,17 +453,30 @@ def synth(
     paired: bool = True,
     mr_pose: Optional[int] = None,
     scale: str = "default",
+    variety: str = "varied",
     preview: bool = False,
     threads: Optional[int] = None,
     progress: Progress = False,
 ) -> Dict[str, Any]:
     """Write a SynthWHS data set (``rlu2net synth``) in the MM-WHS layout; returns its
-    manifest (``manifest.json``). ``scale``: ``"small"``, ``"default"`` or ``"paper"``."""
+    manifest (``manifest.json``). ``scale``: ``"small"``, ``"default"`` or ``"paper"``;
+    ``variety``: ``"varied"`` (synthwhs-2), ``"classic"`` (synthwhs-1) or ``"held-out"``
+    (synthwhs-2 with every drawn value outside the training ranges)."""
     text = _call(
         progress,
         "synth",
         lambda cb: _rlu2net.synth(
-            os.fspath(out), cases, test_cases, seed, paired, mr_pose, scale, preview, threads, cb
+            os.fspath(out),
+            cases,
+            test_cases,
+            seed,
+            paired,
+            mr_pose,
+            scale,
+            variety,
+            preview,
+            threads,
+            cb,
         ),
     )
     return json.loads(text)

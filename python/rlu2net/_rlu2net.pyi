@@ -64,6 +64,7 @@ def synth(
     paired: bool,
     mr_pose: Optional[int],
     scale: str,
+    variety: str,
     preview: bool,
     threads: Optional[int],
     progress: _Callback,

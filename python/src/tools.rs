@@ -131,7 +131,7 @@ pub fn evaluate_folders(
 
 /// `rlu2net synth`: the manifest as JSON text.
 #[pyfunction]
-#[pyo3(signature = (out, cases, test_cases, seed, paired, mr_pose, scale, preview, threads, progress))]
+#[pyo3(signature = (out, cases, test_cases, seed, paired, mr_pose, scale, variety, preview, threads, progress))]
 #[allow(clippy::too_many_arguments)]
 pub fn synth(
     py: Python<'_>,
@@ -142,11 +142,12 @@ pub fn synth(
     paired: bool,
     mr_pose: Option<usize>,
     scale: &str,
+    variety: &str,
     preview: bool,
     threads: Option<usize>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<String> {
-    use rlu2net::data::synth::{Scale, SynthOptions, default_mr_pose, generate};
+    use rlu2net::data::synth::{Scale, SynthOptions, Variety, default_mr_pose, generate};
     let opts = SynthOptions {
         cases,
         test_cases,
@@ -155,6 +156,7 @@ pub fn synth(
         mr_pose: mr_pose.unwrap_or_else(default_mr_pose),
         scale: enum_arg::<Scale>("scale", scale, "\"small\", \"default\", \"paper\"")?,
         preview,
+        variety: enum_arg::<Variety>("variety", variety, "\"varied\", \"classic\", \"held-out\"")?,
     };
     let watch = Progress::hidden();
     watch.set_length((cases + test_cases) as u64);

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::data::discover;
 use crate::data::inspect::inspect_case;
-use crate::data::synth::{Scale, SynthOptions, default_mr_pose, generate};
+use crate::data::synth::{Scale, SynthOptions, Variety, default_mr_pose, generate};
 use crate::model::{ModelConfig, Preset};
 
 #[derive(Parser, Debug)]
@@ -92,6 +92,11 @@ pub struct SynthArgs {
     /// Voxel sizes: small (quick), default, or paper (MM-WHS-like, large files).
     #[arg(long, value_enum, default_value_t = Scale::Default)]
     pub scale: Scale,
+    /// How much the cases vary: varied (synthwhs-2: per-structure anatomy, contrast phases and
+    /// sequences, artefacts), classic (synthwhs-1, the first generator, byte for byte), or
+    /// held-out (synthwhs-2 with every drawn value outside its training range: a check set).
+    #[arg(long, value_enum, default_value_t = Variety::Varied)]
+    pub variety: Variety,
     /// Also write PNG previews (three planes with label contours) of the first pair of each split.
     #[arg(long)]
     pub preview: bool,
@@ -287,6 +292,7 @@ fn synth(a: SynthArgs) -> anyhow::Result<()> {
         mr_pose: a.mr_pose.unwrap_or_else(default_mr_pose),
         scale: a.scale,
         preview: a.preview,
+        variety: a.variety,
     };
     let pb = bar((opts.cases + opts.test_cases) as u64, "synth pairs");
     let t0 = std::time::Instant::now();

@@ -6,6 +6,9 @@ use ndarray::Array3;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::shapes::{ShapedHeart, StructureFields, StructureVariation};
+use super::variety::Draw;
+use crate::data::labels::NUM_STRUCTURES;
 use crate::geometry::{euler_rotation_deg, mat3_mul, mat3_transpose, mat3_vec};
 use crate::io::Volume;
 
@@ -213,6 +216,32 @@ pub struct Torso {
 }
 
 impl Torso {
+    /// synthwhs-2: a wider range of body sizes and of the heart's place in the chest.
+    pub fn varied<R: Rng>(d: &mut Draw<R>) -> Torso {
+        Torso {
+            centre: [d.range(0.0, 30.0), d.range(-58.0, -24.0)],
+            semi_axes: [d.range(135.0, 185.0), d.range(92.0, 128.0)],
+            fat_mm: d.range_min(4.0, 26.0, 1.0),
+            lung_semi_axes: [
+                d.range(50.0, 70.0),
+                d.range(65.0, 85.0),
+                d.range(100.0, 140.0),
+            ],
+            lung_offset: [
+                d.range(75.0, 95.0),
+                d.range(0.0, 20.0),
+                d.range(-10.0, 25.0),
+            ],
+            mediastinum_semi_axes: [
+                d.range(64.0, 80.0),
+                d.range(58.0, 74.0),
+                d.range(80.0, 100.0),
+            ],
+            spine_radius: d.range(14.0, 20.0),
+            aorta_radius: d.range(9.0, 14.0),
+        }
+    }
+
     pub fn random(rng: &mut impl Rng) -> Torso {
         let mut u = |a: f64, b: f64| rng.random_range(a..b);
         Torso {
@@ -279,6 +308,20 @@ pub struct SubjectParams {
     pub displacement_amplitude_mm: f64,
     pub displacement_control_mm: f64,
     pub torso: Torso,
+    /// synthwhs-2: each structure's own variation, in the order of `STRUCTURES`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structures: Option<Vec<StructureVariation>>,
+}
+
+/// subject frame → template frame: A = R·S, so A⁻¹ = S⁻¹·Rᵀ.
+fn global_inverse(scale: [f64; 3], rotation_deg: [f64; 3]) -> [[f64; 3]; 3] {
+    let rot = euler_rotation_deg(rotation_deg);
+    let s_inv = [
+        [1.0 / scale[0], 0.0, 0.0],
+        [0.0, 1.0 / scale[1], 0.0],
+        [0.0, 0.0, 1.0 / scale[2]],
+    ];
+    mat3_mul(&s_inv, &mat3_transpose(&rot))
 }
 
 /// A subject ready to be sampled.
@@ -289,6 +332,7 @@ pub struct Subject<'t> {
     a_inv: [[f64; 3]; 3],
     displacement: Displacement,
     heart_half_extent: f64,
+    shaped: Option<ShapedHeart>,
 }
 
 impl<'t> Subject<'t> {
@@ -308,14 +352,6 @@ impl<'t> Subject<'t> {
         let half_extent = template.half_extent * 1.25 + 10.0;
         let displacement = Displacement::random(rng, amplitude, control, half_extent);
         let torso = Torso::random(rng);
-        let rot = euler_rotation_deg(rotation_deg);
-        // A = R·S, so A⁻¹ = S⁻¹·Rᵀ
-        let s_inv = [
-            [1.0 / scale[0], 0.0, 0.0],
-            [0.0, 1.0 / scale[1], 0.0],
-            [0.0, 0.0, 1.0 / scale[2]],
-        ];
-        let a_inv = mat3_mul(&s_inv, &mat3_transpose(&rot));
         Subject {
             params: SubjectParams {
                 scale,
@@ -323,11 +359,55 @@ impl<'t> Subject<'t> {
                 displacement_amplitude_mm: amplitude,
                 displacement_control_mm: control,
                 torso,
+                structures: None,
             },
             template,
-            a_inv,
+            a_inv: global_inverse(scale, rotation_deg),
             displacement,
             heart_half_extent: half_extent,
+            shaped: None,
+        }
+    }
+
+    /// synthwhs-2: wider global variation, a finer and stronger deformation, and each
+    /// structure varied on its own (`shapes`).
+    pub fn varied<R: Rng>(
+        template: &'t Template,
+        fields: &'static StructureFields,
+        d: &mut Draw<R>,
+    ) -> Subject<'t> {
+        let mut scale = [0; 3].map(|_| d.range(0.82, 1.2));
+        let det: f64 = scale.iter().product();
+        let (lo, hi) = if d.held_out { (0.6, 1.75) } else { (0.7, 1.5) };
+        let clamped = det.clamp(lo, hi);
+        if clamped != det {
+            let f = (clamped / det).cbrt();
+            scale = scale.map(|s| s * f);
+        }
+        let rotation_deg = [0; 3].map(|_| d.symmetric(20.0));
+        let amplitude = d.range_min(2.0, 8.0, 0.5);
+        let control = d.range_min(20.0, 40.0, 10.0);
+        let structures: Vec<StructureVariation> = (0..NUM_STRUCTURES)
+            .map(|s| StructureVariation::draw(d, s))
+            .collect();
+        let half_extent = template.half_extent * 1.5 + 20.0;
+        let displacement = Displacement::random(d.rng, amplitude, control, half_extent);
+        let torso = Torso::varied(d);
+        let shaped = ShapedHeart::new(fields, &structures);
+        Subject {
+            params: SubjectParams {
+                scale,
+                rotation_deg,
+                displacement_amplitude_mm: amplitude,
+                displacement_control_mm: control,
+                torso,
+                structures: Some(structures),
+            },
+            template,
+            a_inv: global_inverse(scale, rotation_deg),
+            displacement,
+            heart_half_extent: half_extent,
+            shaped: Some(shaped),
         }
     }
 
@@ -344,7 +424,10 @@ impl<'t> Subject<'t> {
                 c0[1] + a[1] + d[1],
                 c0[2] + a[2] + d[2],
             ];
-            let c = self.template.class_at(q);
+            let c = match &self.shaped {
+                Some(h) => h.class_at(q),
+                None => self.template.class_at(q),
+            };
             if c > 0 {
                 return (c, tissue_of_class(c));
             }

@@ -2,7 +2,10 @@
 //! from the shipped heart template (see `assets/heart-template/README.md`).
 
 pub mod anatomy;
+pub mod artefacts;
 pub mod render;
+pub mod shapes;
+pub mod variety;
 
 use std::path::{Path, PathBuf};
 
@@ -14,13 +17,17 @@ use serde::{Deserialize, Serialize};
 
 use self::anatomy::{Subject, SubjectParams, Template};
 use self::render::{Appearance, Grid, Placement, derive_seed, render};
+use self::shapes::structure_fields;
+use self::variety::Draw;
+pub use self::variety::Variety;
 use crate::data::labels::{class_counts, classes_to_labels, labels_to_classes};
 use crate::data::layout::{Modality, Split, file_name};
 use crate::geometry::{SignedPerm, cube_rotations, euler_rotation_deg, mat3_mul, perm_matrix_f64};
 use crate::io::{DType, Orientation, Volume, read_nifti_bytes, write_atomically, write_nifti};
 
-/// Bumped whenever the same seed would give different files.
-pub const GENERATOR_VERSION: &str = "synthwhs-1";
+/// The default generator's version, bumped whenever the same seed would give
+/// different files (`Variety::generator` names each one).
+pub const GENERATOR_VERSION: &str = "synthwhs-2";
 
 const TEMPLATE_NII: &[u8] =
     include_bytes!("../../../assets/heart-template/linflonet_heart_1mm_label.nii.gz");
@@ -52,6 +59,29 @@ struct ScaleSpec {
     fov_slice: (f64, f64),
     /// A fixed in-plane matrix (MM-WHS CT is 512×512) instead of FOV / spacing.
     matrix: Option<usize>,
+}
+
+/// synthwhs-2's voxel sizes (slices drawn log-uniformly) and fields of view.
+fn varied_scale_spec(scale: Scale, m: Modality) -> ScaleSpec {
+    let (fov_in_plane, fov_slice) = match m {
+        Modality::Ct => ((180.0, 240.0), (170.0, 230.0)),
+        Modality::Mr => ((220.0, 300.0), (190.0, 260.0)),
+    };
+    let (in_plane, slice, matrix) = match (scale, m) {
+        (Scale::Small, Modality::Ct) => ((1.2, 2.0), (1.2, 3.0), None),
+        (Scale::Small, Modality::Mr) => ((1.5, 2.5), (1.5, 3.0), None),
+        (Scale::Default, Modality::Ct) => ((0.6, 1.0), (0.8, 3.0), None),
+        (Scale::Default, Modality::Mr) => ((0.8, 2.0), (1.0, 3.0), None),
+        (Scale::Paper, Modality::Ct) => ((0.3, 0.5), (0.5, 1.5), Some(512)),
+        (Scale::Paper, Modality::Mr) => ((0.7, 1.2), (1.0, 3.0), None),
+    };
+    ScaleSpec {
+        in_plane,
+        slice,
+        fov_in_plane,
+        fov_slice,
+        matrix,
+    }
 }
 
 fn scale_spec(scale: Scale, m: Modality) -> ScaleSpec {
@@ -88,6 +118,13 @@ pub struct SynthOptions {
     pub scale: Scale,
     /// Recorded in the manifest; the PNGs are drawn by the caller (`viz::dataset_previews`).
     pub preview: bool,
+    /// The generator and its ranges (a manifest without it is `classic`, synthwhs-1).
+    #[serde(default = "classic", skip_serializing_if = "Variety::is_classic")]
+    pub variety: Variety,
+}
+
+fn classic() -> Variety {
+    Variety::Classic
 }
 
 /// The default MRI pose offset: 90° about the superior axis (index in `cube_rotations`).
@@ -107,6 +144,7 @@ impl Default for SynthOptions {
             mr_pose: default_mr_pose(),
             scale: Scale::Default,
             preview: false,
+            variety: Variety::Varied,
         }
     }
 }
@@ -179,6 +217,36 @@ fn draw_grid(rng: &mut impl Rng, scale: Scale, m: Modality, centre: [f64; 3]) ->
     let fov_sl = uniform(rng, spec.fov_slice);
     let n_ip = spec.matrix.unwrap_or((fov_ip / ip).round() as usize);
     let shape = [n_ip, n_ip, (fov_sl / sl).round() as usize];
+    oriented_grid(rng, m, shape, spacing, centre)
+}
+
+/// synthwhs-2: voxel sizes, slice thickness and field of view drawn per case, some
+/// fields of view cutting the heart.
+fn draw_grid_varied<R: Rng>(d: &mut Draw<R>, scale: Scale, m: Modality, centre: [f64; 3]) -> Grid {
+    let spec = varied_scale_spec(scale, m);
+    let ip = d.range_min(spec.in_plane.0, spec.in_plane.1, 0.3);
+    let sl = d.log_range(spec.slice.0, spec.slice.1).max(0.3);
+    let fov_ip = d.range_min(spec.fov_in_plane.0, spec.fov_in_plane.1, 60.0);
+    let fov_sl = if d.chance(0.2) {
+        d.range_min(spec.fov_slice.0 * 0.5, spec.fov_slice.0 * 0.7, 40.0)
+    } else {
+        d.range_min(spec.fov_slice.0, spec.fov_slice.1, 40.0)
+    };
+    let n_ip = spec
+        .matrix
+        .unwrap_or((fov_ip / ip).round() as usize)
+        .min(512);
+    let shape = [n_ip, n_ip, ((fov_sl / sl).round() as usize).max(8)];
+    oriented_grid(d.rng, m, shape, [ip, ip, sl], centre)
+}
+
+fn oriented_grid(
+    rng: &mut impl Rng,
+    m: Modality,
+    shape: [usize; 3],
+    spacing: [f64; 3],
+    centre: [f64; 3],
+) -> Grid {
     // voxel axes: CT is axial (slice axis along S/I), in-plane order and signs vary;
     // MRI may be acquired in any of the 48 orientations
     let all = SignedPerm::all48();
@@ -231,10 +299,18 @@ fn render_image(
     rng: &mut ChaCha8Rng,
 ) -> Rendered {
     let heart_centre = [0; 3].map(|_| rng.random_range(-40.0..40.0));
-    let fov_centre: [f64; 3] =
-        std::array::from_fn(|a| heart_centre[a] + rng.random_range(-8.0..8.0));
-    let grid = draw_grid(rng, opts.scale, modality, fov_centre);
-    let app = Appearance::random(modality, rng);
+    let (grid, app) = if opts.variety.is_classic() {
+        let fov_centre: [f64; 3] =
+            std::array::from_fn(|a| heart_centre[a] + rng.random_range(-8.0..8.0));
+        let grid = draw_grid(rng, opts.scale, modality, fov_centre);
+        (grid, Appearance::random(modality, rng))
+    } else {
+        let mut d = Draw::new(rng, opts.variety);
+        let fov_centre: [f64; 3] = std::array::from_fn(|a| heart_centre[a] + d.symmetric(20.0));
+        let grid = draw_grid_varied(&mut d, opts.scale, modality, fov_centre);
+        let app = Appearance::varied(modality, &mut d, grid.shape[2]);
+        (grid, app)
+    };
     let noise_seed: u64 = rng.random();
     let placement = Placement { heart_centre, pose };
     let (classes, image) = render(subject, modality, &grid, &placement, &app, noise_seed);
@@ -277,6 +353,17 @@ fn write_rendered(out: &Path, r: &Rendered, modality: Modality) -> anyhow::Resul
     Ok(())
 }
 
+fn draw_subject<'t>(template: &'t Template, variety: Variety, rng: &mut ChaCha8Rng) -> Subject<'t> {
+    match variety {
+        Variety::Classic => Subject::random(template, rng),
+        _ => Subject::varied(
+            template,
+            structure_fields(template),
+            &mut Draw::new(rng, variety),
+        ),
+    }
+}
+
 /// Generate one case (a CT and an MRI image with labels) and write it.
 fn generate_case(
     template: &Template,
@@ -294,14 +381,14 @@ fn generate_case(
         Split::Test => 2001 + index as u32,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(opts.seed, &[split_code, index as u64]));
-    let ct_subject = Subject::random(template, &mut rng);
+    let ct_subject = draw_subject(template, opts.variety, &mut rng);
     let mr_subject_own;
     let mr_subject = if opts.paired {
         &ct_subject
     } else {
         let mut r2 =
             ChaCha8Rng::seed_from_u64(derive_seed(opts.seed, &[split_code, index as u64, 7]));
-        mr_subject_own = Subject::random(template, &mut r2);
+        mr_subject_own = draw_subject(template, opts.variety, &mut r2);
         &mr_subject_own
     };
     let rot = cube_rotations()[opts.mr_pose];
@@ -395,7 +482,7 @@ pub fn generate(
         .collect::<anyhow::Result<_>>()?;
     let tv = template.class_volumes_ml();
     let manifest = Manifest {
-        generator: GENERATOR_VERSION.to_string(),
+        generator: opts.variety.generator().to_string(),
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
         options: opts.clone(),
         template_volumes_ml: std::array::from_fn(|c| tv[c + 1]),

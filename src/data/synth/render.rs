@@ -64,6 +64,9 @@ pub struct Appearance {
     pub noise: f64,
     /// MRI only: bias-field coefficients (exponent of a quadratic polynomial).
     pub bias: Option<[f64; 9]>,
+    /// synthwhs-2: the variation of a case beyond synthwhs-1's (`artefacts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub varied: Option<VariedAppearance>,
 }
 
 /// Tissue means and per-subject spreads (docs/synthwhs.md).
@@ -102,6 +105,7 @@ impl Appearance {
                     blur_sigma_vox: rng.random_range(0.5..0.7),
                     noise: rng.random_range(20.0..40.0),
                     bias: None,
+                    varied: None,
                 }
             }
             Modality::Mr => {
@@ -116,12 +120,14 @@ impl Appearance {
                     blur_sigma_vox: rng.random_range(0.5..0.7),
                     noise: rng.random_range(0.02..0.04),
                     bias: Some(bias),
+                    varied: None,
                 }
             }
         }
     }
 }
 
+pub use super::artefacts::VariedAppearance;
 pub use crate::seed::derive_seed;
 
 /// Where a subject sits in one scanner's world.
@@ -142,6 +148,9 @@ pub fn sample_subject(
     let affine = grid.affine();
     let pose_t = mat3_transpose(&placement.pose);
     let [nx, ny, nz] = grid.shape;
+    let varied = app.varied.as_ref();
+    let shifts = varied.map_or(vec![[0.0; 3]; nz], |v| v.slice_shifts(grid));
+    let class_offset = varied.map_or([0.0; 8], |v| v.class_offset);
     let mut classes = Array3::<u8>::zeros((nx, ny, nz));
     let mut image = Array3::<f32>::zeros((nx, ny, nz));
     // parallel over i-slabs; each voxel is independent, so the result is deterministic
@@ -159,12 +168,13 @@ pub fn sample_subject(
                             + affine[(r, 1)] * j as f64
                             + affine[(r, 2)] * k as f64
                             + affine[(r, 3)]
-                            - placement.heart_centre[r];
+                            - placement.heart_centre[r]
+                            - shifts[k][r];
                     }
                     let p = mat3_vec(&pose_t, w);
                     let (c, t) = subject.sample(p);
                     cls[[j, k]] = c;
-                    img[[j, k]] = app.tissue_mean[t as usize] as f32;
+                    img[[j, k]] = (app.tissue_mean[t as usize] + class_offset[c as usize]) as f32;
                 }
             }
         });
@@ -212,16 +222,21 @@ fn texture_field(shape: [usize; 3], spacing: [f64; 3], cell_mm: f64, seed: u64) 
 
 /// Separable Gaussian blur with σ in voxels (same σ on every axis), edges clamped.
 pub fn gaussian_blur(img: &mut Array3<f32>, sigma: f64) {
-    if sigma <= 0.0 {
-        return;
-    }
-    let r = (3.0 * sigma).ceil() as isize;
-    let mut k: Vec<f32> = (-r..=r)
-        .map(|x| (-(x * x) as f64 / (2.0 * sigma * sigma)).exp() as f32)
-        .collect();
-    let s: f32 = k.iter().sum();
-    k.iter_mut().for_each(|x| *x /= s);
-    for axis in 0..3 {
+    gaussian_blur_axes(img, [sigma; 3]);
+}
+
+/// Separable Gaussian blur with its own σ (voxels) along each axis, edges clamped.
+pub fn gaussian_blur_axes(img: &mut Array3<f32>, sigma: [f64; 3]) {
+    for (axis, &sigma) in sigma.iter().enumerate() {
+        if sigma <= 0.0 {
+            continue;
+        }
+        let r = (3.0 * sigma).ceil() as isize;
+        let mut k: Vec<f32> = (-r..=r)
+            .map(|x| (-(x * x) as f64 / (2.0 * sigma * sigma)).exp() as f32)
+            .collect();
+        let s: f32 = k.iter().sum();
+        k.iter_mut().for_each(|x| *x /= s);
         let n = img.shape()[axis];
         let mut lanes: Vec<_> = img.lanes_mut(Axis(axis)).into_iter().collect();
         lanes.par_iter_mut().for_each(|lane| {
@@ -260,10 +275,28 @@ pub fn render(
             };
         }
     });
-    gaussian_blur(&mut image, app.blur_sigma_vox);
+    match &app.varied {
+        Some(v) => {
+            let sigma = [
+                app.blur_sigma_vox,
+                app.blur_sigma_vox,
+                v.blur_sigma_slice_vox,
+            ];
+            gaussian_blur_axes(&mut image, sigma);
+            v.add_ghost(&mut image);
+        }
+        None => gaussian_blur(&mut image, app.blur_sigma_vox),
+    }
 
     let affine = grid.affine();
-    let blood = app.tissue_mean[Tissue::LeftBlood as usize] as f32;
+    let blood = match &app.varied {
+        Some(v) => v.noise_reference as f32,
+        None => app.tissue_mean[Tissue::LeftBlood as usize] as f32,
+    };
+    let (bias_lo, bias_hi) = match &app.varied {
+        Some(_) => (0.5, 1.6),
+        None => (0.7, 1.3),
+    };
     image
         .axis_iter_mut(Axis(0))
         .into_par_iter()
@@ -294,7 +327,7 @@ pub fn render(
                             + bias[6] * u[0] * u[1]
                             + bias[7] * u[1] * u[2]
                             + bias[8] * u[0] * u[2];
-                        let b = e.exp().clamp(0.7, 1.3) as f32;
+                        let b = e.exp().clamp(bias_lo, bias_hi) as f32;
                         let s = *v * b;
                         let sigma = app.noise as f32 * blood;
                         let n1 = sigma * normal.sample(&mut rng);
