@@ -354,6 +354,9 @@ pub struct DemoArgs {
     /// Where to compute (`--device` as in nnU-Net and TotalSegmentator; `--backend` also works).
     #[arg(long, visible_alias = "device", default_value_t = Backend::Auto)]
     pub backend: Backend,
+    /// The data set's generator (`rlu2net synth --variety`): varied, classic or held-out.
+    #[arg(long, value_enum, default_value_t = crate::data::synth::Variety::Varied)]
+    pub variety: crate::data::synth::Variety,
 }
 
 /// Steps a budget allows at a preset: an upper bound (the schedule is fitted to the
@@ -419,6 +422,7 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
         seed: a.seed,
         scale: crate::data::synth::Scale::Small,
         preview: true,
+        variety: a.variety,
         ..Default::default()
     };
     crate::data::synth::generate(&opts, &data, &|| {})?;

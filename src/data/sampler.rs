@@ -300,10 +300,49 @@ pub fn sample_batch(
         b.mr_labels.extend_from_slice(&mi_lab);
         b.sources.push((c_case.name.clone(), m_case.name.clone()));
         if b.probe.is_none() {
-            b.probe = Some(central_pair(c_case, m_case, patch));
+            b.probe = Some(probe_pair(c_case, m_case, patch));
         }
     }
     b
+}
+
+/// The probe pair of the PPO reward (unaugmented): in each image the window centred
+/// on its heart (the centroid of its labelled voxels), so that a rotation of the MRI
+/// window turns its heart about the heart's own centre; an image without labels
+/// falls back to `central_pair`'s window.
+pub fn probe_pair(ct: &PreparedCase, mr: &PreparedCase, p: usize) -> (Vec<f32>, Vec<f32>) {
+    let window = |c: &PreparedCase| match heart_centre(c) {
+        Some(centre) => {
+            extract(
+                c,
+                centre.map(|x| (x - (p as f64 - 1.0) / 2.0).round() as i64),
+                p,
+                &IDENTITY,
+            )
+            .0
+        }
+        None => {
+            let s = c.image.data.shape();
+            let start: [i64; 3] = std::array::from_fn(|a| (s[a] as i64 - p as i64).div_euclid(2));
+            extract(c, start, p, &IDENTITY).0
+        }
+    };
+    (window(ct), window(mr))
+}
+
+/// The centroid (voxel coordinates) of a case's labelled voxels, if it has any.
+fn heart_centre(c: &PreparedCase) -> Option<[f64; 3]> {
+    let s = c.image.data.shape();
+    let (mut sum, mut n) = ([0.0f64; 3], 0usize);
+    for voxels in c.class_voxels.iter().skip(1) {
+        for &f in voxels {
+            let f = f as usize;
+            let ijk = [f / (s[1] * s[2]), (f / s[2]) % s[1], f % s[2]];
+            (0..3).for_each(|a| sum[a] += ijk[a] as f64);
+            n += 1;
+        }
+    }
+    (n > 0).then(|| sum.map(|x| x / n as f64))
 }
 
 /// The central window of `ct` and its partner in `mr` (unaugmented).

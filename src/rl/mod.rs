@@ -42,9 +42,14 @@ pub struct PpoConfig {
     /// in the same step (they share the state and the segmentation term of the reward,
     /// so only their alignment terms tell them apart), instead of the TD advantage.
     pub group_baseline: bool,
-    /// Score the rotations (the reward's S(a)) with the network as initialised, frozen,
+    /// What the reward's alignment term S(a) measures: `"mutual-information"` of the
+    /// probe windows (the default) or `"features"`, the encoder's feature correlation
+    /// (docs/method-notes.md, "The alignment term").
+    #[serde(default)]
+    pub score: PoseScore,
+    /// With `score = "features"`: score with the network as initialised, frozen,
     /// instead of the network being trained (whose scores drift as it learns:
-    /// BENCHMARKS.md, "Pose 13 in training"). Off by default; an experiment.
+    /// BENCHMARKS.md, "Pose 13 in training").
     pub probe_initial: bool,
 }
 
@@ -61,9 +66,21 @@ impl Default for PpoConfig {
             entropy_coef: 0.01,
             critic_hidden: 64,
             group_baseline: true,
+            score: PoseScore::MutualInformation,
             probe_initial: false,
         }
     }
+}
+
+/// What the reward's alignment term S(a) measures (`train::reward`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoseScore {
+    /// Mutual information of the probe windows' intensities (16 × 16 histogram).
+    #[default]
+    MutualInformation,
+    /// Normalised cross-correlation of the encoder's features (network-dependent).
+    Features,
 }
 
 /// One (s_t, a_t, log π_old(a_t), r_t, s_{t+1}).

@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::alignment::alignment_report;
 use super::clip::clip_global_norm;
 use super::log::{log_ppo, redraw_plots};
-use super::reward::rotation_scores;
+use super::reward::{mutual_information_scores, rotation_scores};
 use super::validate::{nanmean, validate};
 use crate::checkpoint::{LoopState, load_checkpoint, save_checkpoint};
 use crate::config::TrainConfig;
@@ -30,6 +30,7 @@ use crate::model::{ActionMode, RlU2Net};
 use crate::preprocess::cache::{PreparedCase, prepare_case};
 use crate::preprocess::plan::fit_plan;
 use crate::preprocess::{CtStats, resampled_shape};
+use crate::rl::PoseScore;
 use crate::rl::PpoAgent;
 use crate::run::{
     Checkpoint, EpochLine, LogLine, MetricsLog, RunDir, RunInfo, StepLine, Validation,
@@ -253,7 +254,7 @@ impl<'a> Trainer<'a> {
             },
             probe_net: None,
         };
-        if cfg.ppo.probe_initial {
+        if cfg.ppo.probe_initial && cfg.ppo.score == PoseScore::Features {
             t.probe_net = Some(init_model(cfg, &t.device).valid());
         }
         if !resume {
@@ -344,8 +345,15 @@ impl<'a> Trainer<'a> {
         match (&batch.probe, batch.self_paired) {
             (Some(probe), false) if !self.agents.is_empty() => {
                 let inner = self.device.clone().inner();
-                let net = self.probe_net.clone().unwrap_or_else(|| self.model.valid());
-                let s = rotation_scores(&net, probe, self.cfg.model.patch, &inner);
+                let s = match self.cfg.ppo.score {
+                    PoseScore::MutualInformation => {
+                        mutual_information_scores(probe, self.cfg.model.patch)
+                    }
+                    PoseScore::Features => {
+                        let net = self.probe_net.clone().unwrap_or_else(|| self.model.valid());
+                        rotation_scores(&net, probe, self.cfg.model.patch, &inner)
+                    }
+                };
                 taken
                     .iter()
                     .map(|acts| acts.iter().map(|&a| s[a]).collect())
