@@ -357,6 +357,13 @@ pub struct DemoArgs {
     /// The data set's generator (`rlu2net synth --variety`): varied, classic or held-out.
     #[arg(long, value_enum, default_value_t = crate::data::synth::Variety::Varied)]
     pub variety: crate::data::synth::Variety,
+    /// Training pairs to generate (plus 2 test pairs).
+    #[arg(long, default_value_t = 6)]
+    pub cases: usize,
+    /// TOML overriding the `tiny` preset's values (as `train --config`); the schedule
+    /// stays the demo's.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 /// Steps a budget allows at a preset: an upper bound (the schedule is fitted to the
@@ -417,7 +424,7 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let data = a.out.join("data");
     eprintln!("1/4 synth: a small paired CT/MRI set in {}", data.display());
     let opts = crate::data::synth::SynthOptions {
-        cases: 6,
+        cases: a.cases,
         test_cases: 2,
         seed: a.seed,
         scale: crate::data::synth::Scale::Small,
@@ -427,7 +434,15 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
     };
     crate::data::synth::generate(&opts, &data, &|| {})?;
     crate::viz::dataset_previews(&data)?;
-    let mut cfg = TrainConfig::preset(Preset::Tiny);
+    let mut cfg = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("{}: cannot read", p.display()))?;
+            TrainConfig::from_toml(&text, Some(Preset::Tiny))
+                .with_context(|| format!("{}", p.display()))?
+        }
+        None => TrainConfig::preset(Preset::Tiny),
+    };
     cfg.seed = a.seed;
     timed_schedule(&mut cfg, a.minutes, Preset::Tiny);
     eprintln!(
