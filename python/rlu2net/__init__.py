@@ -460,8 +460,9 @@ def synth(
 ) -> Dict[str, Any]:
     """Write a SynthWHS data set (``rlu2net synth``) in the MM-WHS layout; returns its
     manifest (``manifest.json``). ``scale``: ``"small"``, ``"default"`` or ``"paper"``;
-    ``variety``: ``"varied"`` (synthwhs-2), ``"classic"`` (synthwhs-1) or ``"held-out"``
-    (synthwhs-2 with every drawn value outside the training ranges)."""
+    ``variety``: ``"varied"`` (synthwhs-2), ``"classic"`` (synthwhs-1), ``"held-out"``
+    (synthwhs-2 with every drawn value outside the training ranges) or ``"held-out-anatomy"``,
+    ``"held-out-appearance"``, ``"held-out-geometry"`` (one group outside)."""
     text = _call(
         progress,
         "synth",

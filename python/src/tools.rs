@@ -156,7 +156,11 @@ pub fn synth(
         mr_pose: mr_pose.unwrap_or_else(default_mr_pose),
         scale: enum_arg::<Scale>("scale", scale, "\"small\", \"default\", \"paper\"")?,
         preview,
-        variety: enum_arg::<Variety>("variety", variety, "\"varied\", \"classic\", \"held-out\"")?,
+        variety: enum_arg::<Variety>(
+            "variety",
+            variety,
+            "\"varied\", \"classic\", \"held-out\", \"held-out-anatomy\", \"held-out-appearance\", \"held-out-geometry\"",
+        )?,
     };
     let watch = Progress::hidden();
     watch.set_length((cases + test_cases) as u64);

@@ -94,7 +94,8 @@ pub struct SynthArgs {
     pub scale: Scale,
     /// How much the cases vary: varied (synthwhs-2: per-structure anatomy, contrast phases and
     /// sequences, artefacts), classic (synthwhs-1, the first generator, byte for byte), or
-    /// held-out (synthwhs-2 with every drawn value outside its training range: a check set).
+    /// held-out (synthwhs-2 with every drawn value outside its training range: a check set),
+    /// or held-out-anatomy / held-out-appearance / held-out-geometry (one group outside).
     #[arg(long, value_enum, default_value_t = Variety::Varied)]
     pub variety: Variety,
     /// Also write PNG previews (three planes with label contours) of the first pair of each split.

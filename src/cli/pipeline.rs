@@ -357,6 +357,9 @@ pub struct DemoArgs {
     /// The data set's generator (`rlu2net synth --variety`): varied, classic or held-out.
     #[arg(long, value_enum, default_value_t = crate::data::synth::Variety::Varied)]
     pub variety: crate::data::synth::Variety,
+    /// The MRI pose offset of the data set (`rlu2net synth --mr-pose`), 0..23.
+    #[arg(long)]
+    pub mr_pose: Option<usize>,
     /// Training pairs to generate (plus 2 test pairs).
     #[arg(long, default_value_t = 6)]
     pub cases: usize,
@@ -430,6 +433,9 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
         scale: crate::data::synth::Scale::Small,
         preview: true,
         variety: a.variety,
+        mr_pose: a
+            .mr_pose
+            .unwrap_or_else(crate::data::synth::default_mr_pose),
         ..Default::default()
     };
     crate::data::synth::generate(&opts, &data, &|| {})?;

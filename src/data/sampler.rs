@@ -309,7 +309,7 @@ pub fn sample_batch(
 /// The probe pair of the PPO reward (unaugmented): in each image the window centred
 /// on its heart (the centroid of its labelled voxels), so that a rotation of the MRI
 /// window turns its heart about the heart's own centre; an image without labels
-/// falls back to `central_pair`'s window.
+/// falls back to the volume's central window.
 pub fn probe_pair(ct: &PreparedCase, mr: &PreparedCase, p: usize) -> (Vec<f32>, Vec<f32>) {
     let window = |c: &PreparedCase| match heart_centre(c) {
         Some(centre) => {
@@ -343,17 +343,6 @@ fn heart_centre(c: &PreparedCase) -> Option<[f64; 3]> {
         }
     }
     (n > 0).then(|| sum.map(|x| x / n as f64))
-}
-
-/// The central window of `ct` and its partner in `mr` (unaugmented).
-pub fn central_pair(ct: &PreparedCase, mr: &PreparedCase, p: usize) -> (Vec<f32>, Vec<f32>) {
-    let (cs, ms) = (ct.image.data.shape(), mr.image.data.shape());
-    let start: [i64; 3] = std::array::from_fn(|a| (cs[a] as i64 - p as i64).div_euclid(2));
-    let partner: [i64; 3] = std::array::from_fn(|a| partner_start(start[a], p, cs[a], ms[a]));
-    (
-        extract(ct, start, p, &IDENTITY).0,
-        extract(mr, partner, p, &IDENTITY).0,
-    )
 }
 
 /// Prepares the batch of the next step on a background thread while the current
@@ -454,6 +443,22 @@ mod tests {
         assert_eq!(p.next().unwrap(), (5, a));
         assert_eq!(p.next().unwrap().1, c);
         assert!(p.next().is_none());
+    }
+
+    #[test]
+    fn the_probe_window_is_centred_on_the_labelled_voxels() {
+        // `case` labels i in 5..12, j in 4..9, every k: centroid (8, 6, 7.5)
+        let c = case("a", Modality::Ct, 0);
+        let (win, _) = probe_pair(&c, &c, 4);
+        // a window of 4 centred at (8, 6, 7.5) starts at round(centre − 1.5) = (7, 5, 6)
+        let (want, _) = extract(&c, [7, 5, 6], 4, &IDENTITY);
+        assert_eq!(win, want);
+        // without labels: the volume's central window (start (20−4)/2, (18−4)/2, (16−4)/2)
+        let mut u = case("b", Modality::Mr, 1);
+        u.labels = None;
+        u.class_voxels = vec![Vec::new(); 8];
+        let (_, central) = probe_pair(&c, &u, 4);
+        assert_eq!(central, extract(&u, [8, 7, 6], 4, &IDENTITY).0);
     }
 
     #[test]

@@ -220,7 +220,7 @@ impl VariedAppearance {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::synth::variety::Variety;
+    use crate::data::synth::variety::{Part, Variety};
     use rand::SeedableRng;
 
     #[test]
@@ -250,7 +250,7 @@ mod tests {
     fn ct_blood_stays_above_the_myocardium_in_every_profile() {
         for variety in [Variety::Varied, Variety::HeldOut] {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
-            let mut d = Draw::new(&mut rng, variety);
+            let mut d = Draw::new(&mut rng, variety, Part::Appearance);
             for _ in 0..200 {
                 let a = Appearance::varied(Modality::Ct, &mut d, 100);
                 let m = a.tissue_mean;

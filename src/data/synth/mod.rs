@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use self::anatomy::{Subject, SubjectParams, Template};
 use self::render::{Appearance, Grid, Placement, derive_seed, render};
 use self::shapes::structure_fields;
-use self::variety::Draw;
 pub use self::variety::Variety;
+use self::variety::{Draw, Part};
 use crate::data::labels::{class_counts, classes_to_labels, labels_to_classes};
 use crate::data::layout::{Modality, Split, file_name};
 use crate::geometry::{SignedPerm, cube_rotations, euler_rotation_deg, mat3_mul, perm_matrix_f64};
@@ -305,9 +305,10 @@ fn render_image(
         let grid = draw_grid(rng, opts.scale, modality, fov_centre);
         (grid, Appearance::random(modality, rng))
     } else {
-        let mut d = Draw::new(rng, opts.variety);
+        let mut d = Draw::new(rng, opts.variety, Part::Geometry);
         let fov_centre: [f64; 3] = std::array::from_fn(|a| heart_centre[a] + d.symmetric(20.0));
         let grid = draw_grid_varied(&mut d, opts.scale, modality, fov_centre);
+        d.held_out = opts.variety.holds_out(Part::Appearance);
         let app = Appearance::varied(modality, &mut d, grid.shape[2]);
         (grid, app)
     };
@@ -359,7 +360,7 @@ fn draw_subject<'t>(template: &'t Template, variety: Variety, rng: &mut ChaCha8R
         _ => Subject::varied(
             template,
             structure_fields(template),
-            &mut Draw::new(rng, variety),
+            &mut Draw::new(rng, variety, Part::Anatomy),
         ),
     }
 }

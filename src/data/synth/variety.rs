@@ -22,6 +22,20 @@ pub enum Variety {
     Varied,
     /// synthwhs-2 with every drawn value just outside the `varied` range (never trained on).
     HeldOut,
+    /// `held-out` for the anatomy only (heart, structures, torso); the rest as `varied`.
+    HeldOutAnatomy,
+    /// `held-out` for the appearance only (intensities, noise, blur, artefacts).
+    HeldOutAppearance,
+    /// `held-out` for the geometry only (voxel sizes, fields of view and their placement).
+    HeldOutGeometry,
+}
+
+/// The groups of drawn values a held-out profile can move outside their ranges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Anatomy,
+    Appearance,
+    Geometry,
 }
 
 impl Variety {
@@ -29,7 +43,18 @@ impl Variety {
     pub fn generator(self) -> &'static str {
         match self {
             Variety::Classic => "synthwhs-1",
-            Variety::Varied | Variety::HeldOut => "synthwhs-2",
+            _ => "synthwhs-2",
+        }
+    }
+
+    /// Whether this profile draws `part`'s values from outside their training ranges.
+    pub fn holds_out(self, part: Part) -> bool {
+        match self {
+            Variety::HeldOut => true,
+            Variety::HeldOutAnatomy => part == Part::Anatomy,
+            Variety::HeldOutAppearance => part == Part::Appearance,
+            Variety::HeldOutGeometry => part == Part::Geometry,
+            Variety::Classic | Variety::Varied => false,
         }
     }
 
@@ -48,10 +73,10 @@ pub struct Draw<'r, R: Rng> {
 }
 
 impl<'r, R: Rng> Draw<'r, R> {
-    pub fn new(rng: &'r mut R, variety: Variety) -> Self {
+    pub fn new(rng: &'r mut R, variety: Variety, part: Part) -> Self {
         Draw {
             rng,
-            held_out: variety == Variety::HeldOut,
+            held_out: variety.holds_out(part),
         }
     }
 
@@ -103,13 +128,13 @@ mod tests {
     #[test]
     fn held_out_values_lie_outside_the_training_range_and_varied_inside() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        let mut d = Draw::new(&mut rng, Variety::Varied);
+        let mut d = Draw::new(&mut rng, Variety::Varied, Part::Anatomy);
         for _ in 0..1000 {
             let v = d.range(2.0, 6.0);
             assert!((2.0..6.0).contains(&v));
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        let mut d = Draw::new(&mut rng, Variety::HeldOut);
+        let mut d = Draw::new(&mut rng, Variety::HeldOut, Part::Anatomy);
         let (mut below, mut above) = (0, 0);
         for _ in 0..1000 {
             let v = d.range(2.0, 6.0);
@@ -123,5 +148,9 @@ mod tests {
             assert!((3.0..4.5).contains(&s.abs()), "{s}");
         }
         assert!(below > 400 && above > 400, "{below} {above}");
+        // a one-part profile holds out that part only
+        assert!(Variety::HeldOutGeometry.holds_out(Part::Geometry));
+        assert!(!Variety::HeldOutGeometry.holds_out(Part::Anatomy));
+        assert!(!Variety::Varied.holds_out(Part::Appearance));
     }
 }
