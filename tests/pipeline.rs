@@ -114,7 +114,7 @@ fn constant_and_missing_inputs_are_refused_with_the_file_name() {
 fn demo_runs_end_to_end_and_prints_the_table() {
     let d = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_rlu2net"))
-        .args(["demo", "--minutes", "0.1", "--out"])
+        .args(["demo", "--minutes", "0.1", "--cases", "4", "--out"])
         .arg(d.path().join("demo"))
         .output()
         .unwrap();

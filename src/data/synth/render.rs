@@ -253,42 +253,15 @@ pub fn gaussian_blur_axes(img: &mut Array3<f32>, sigma: [f64; 3]) {
     }
 }
 
-/// Render a subject on a grid: labels (classes) and the final image.
-pub fn render(
-    subject: &Subject,
+/// Noise (CT: Gaussian, rounded and clamped to int16 HU; MRI: Rician) and, for MRI,
+/// the bias field, per i-slab with its own seeded generator.
+fn add_noise_and_bias(
+    image: &mut Array3<f32>,
     modality: Modality,
     grid: &Grid,
-    placement: &Placement,
     app: &Appearance,
     seed: u64,
-) -> (Volume<u8>, Volume<f32>) {
-    let (classes, mut image) = sample_subject(subject, grid, placement, app);
-    let air = app.tissue_mean[Tissue::Air as usize] as f32;
-    // texture on every tissue but air
-    let tex = texture_field(grid.shape, grid.spacing, 2.0, derive_seed(seed, &[1]));
-    let texture = app.texture as f32;
-    Zip::from(&mut image).and(&tex).par_for_each(|v, &t| {
-        if *v != air {
-            *v += match modality {
-                Modality::Ct => texture * t,
-                Modality::Mr => texture * t * *v,
-            };
-        }
-    });
-    match &app.varied {
-        Some(v) => {
-            let sigma = [
-                app.blur_sigma_vox,
-                app.blur_sigma_vox,
-                v.blur_sigma_slice_vox,
-            ];
-            gaussian_blur_axes(&mut image, sigma);
-            v.add_ghost(&mut image);
-        }
-        None => gaussian_blur(&mut image, app.blur_sigma_vox),
-    }
-
-    let affine = grid.affine();
+) {
     let blood = match &app.varied {
         Some(v) => v.noise_reference as f32,
         None => app.tissue_mean[Tissue::LeftBlood as usize] as f32,
@@ -337,6 +310,45 @@ pub fn render(
                 }
             }
         });
+}
+
+/// Render a subject on a grid: labels (classes) and the final image.
+pub fn render(
+    subject: &Subject,
+    modality: Modality,
+    grid: &Grid,
+    placement: &Placement,
+    app: &Appearance,
+    seed: u64,
+) -> (Volume<u8>, Volume<f32>) {
+    let (classes, mut image) = sample_subject(subject, grid, placement, app);
+    let air = app.tissue_mean[Tissue::Air as usize] as f32;
+    // texture on every tissue but air
+    let tex = texture_field(grid.shape, grid.spacing, 2.0, derive_seed(seed, &[1]));
+    let texture = app.texture as f32;
+    Zip::from(&mut image).and(&tex).par_for_each(|v, &t| {
+        if *v != air {
+            *v += match modality {
+                Modality::Ct => texture * t,
+                Modality::Mr => texture * t * *v,
+            };
+        }
+    });
+    match &app.varied {
+        Some(v) => {
+            let sigma = [
+                app.blur_sigma_vox,
+                app.blur_sigma_vox,
+                v.blur_sigma_slice_vox,
+            ];
+            gaussian_blur_axes(&mut image, sigma);
+            v.add_ghost(&mut image);
+        }
+        None => gaussian_blur(&mut image, app.blur_sigma_vox),
+    }
+
+    add_noise_and_bias(&mut image, modality, grid, app, seed);
+    let affine = grid.affine();
     let spacing = grid.spacing;
     (
         Volume::new(classes, spacing, affine),

@@ -8,7 +8,6 @@ use std::sync::OnceLock;
 
 use ndarray::Array3;
 use rand::Rng;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::anatomy::Template;
@@ -42,7 +41,11 @@ pub struct StructureFields {
 
 static FIELDS: OnceLock<StructureFields> = OnceLock::new();
 
-/// The shipped template's structure fields (built on first use, about a second).
+/// The shipped template's structure fields (built on first use, a few seconds).
+///
+/// The initialisation must not use rayon: a pool thread blocked in it could steal a job
+/// that asks for the fields again (another case of the same `generate`) and wait on
+/// itself. It runs on the calling thread alone.
 pub fn structure_fields(template: &Template) -> &'static StructureFields {
     FIELDS.get_or_init(|| StructureFields::new(template))
 }
@@ -91,7 +94,6 @@ impl StructureFields {
         let t = &template.classes;
         let spacing = t.spacing;
         let fields: Vec<StructureField> = (1..=NUM_STRUCTURES as u8)
-            .into_par_iter()
             .map(|c| {
                 let (centroid, axis, reach) = frame_of(template, c);
                 StructureField {
