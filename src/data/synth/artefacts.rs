@@ -45,8 +45,10 @@ pub struct VariedAppearance {
     pub slice_steps: Vec<SliceStep>,
 }
 
-/// CT contrast phases: (name, left blood HU range, right blood HU range, chance).
-const CT_PHASES: [(&str, (f64, f64), (f64, f64), f64); 3] = [
+/// A CT contrast phase: name, left blood HU range, right blood HU range, chance.
+type Phase = (&'static str, (f64, f64), (f64, f64), f64);
+
+const CT_PHASES: [Phase; 3] = [
     ("arterial", (280.0, 550.0), (150.0, 400.0), 0.5),
     ("right-heart", (150.0, 320.0), (300.0, 600.0), 0.2),
     ("venous", (140.0, 260.0), (130.0, 250.0), 0.3),
