@@ -313,6 +313,18 @@ pub struct SubjectParams {
     pub structures: Option<Vec<StructureVariation>>,
 }
 
+/// Per-axis scales rescaled alike so that their product (the heart's volume change)
+/// stays within [lo, hi]: the per-axis draws cannot stack into an implausible heart.
+fn hold_volume(scale: [f64; 3], lo: f64, hi: f64) -> [f64; 3] {
+    let det: f64 = scale.iter().product();
+    let clamped = det.clamp(lo, hi);
+    if clamped == det {
+        return scale;
+    }
+    let f = (clamped / det).cbrt();
+    scale.map(|s| s * f)
+}
+
 /// subject frame → template frame: A = R·S, so A⁻¹ = S⁻¹·Rᵀ.
 fn global_inverse(scale: [f64; 3], rotation_deg: [f64; 3]) -> [[f64; 3]; 3] {
     let rot = euler_rotation_deg(rotation_deg);
@@ -340,12 +352,7 @@ impl<'t> Subject<'t> {
         let mut scale = [0; 3].map(|_| rng.random_range(0.85..1.15));
         // keep the heart's volume within −20 %…+25 % of the template's, so the
         // per-axis draw cannot stack into an implausible heart
-        let det: f64 = scale.iter().product();
-        let clamped = det.clamp(0.8, 1.25);
-        if clamped != det {
-            let f = (clamped / det).cbrt();
-            scale = scale.map(|s| s * f);
-        }
+        scale = hold_volume(scale, 0.8, 1.25);
         let rotation_deg = [0; 3].map(|_| rng.random_range(-15.0..15.0));
         let amplitude = rng.random_range(2.0..5.0);
         let control = 30.0;
@@ -376,14 +383,8 @@ impl<'t> Subject<'t> {
         fields: &'static StructureFields,
         d: &mut Draw<R>,
     ) -> Subject<'t> {
-        let mut scale = [0; 3].map(|_| d.range(0.82, 1.2));
-        let det: f64 = scale.iter().product();
         let (lo, hi) = if d.held_out { (0.6, 1.75) } else { (0.7, 1.5) };
-        let clamped = det.clamp(lo, hi);
-        if clamped != det {
-            let f = (clamped / det).cbrt();
-            scale = scale.map(|s| s * f);
-        }
+        let scale = hold_volume([0; 3].map(|_| d.range(0.82, 1.2)), lo, hi);
         let rotation_deg = [0; 3].map(|_| d.symmetric(20.0));
         let amplitude = d.range_min(2.0, 8.0, 0.5);
         let control = d.range_min(20.0, 40.0, 10.0);

@@ -61,42 +61,28 @@ struct ScaleSpec {
     matrix: Option<usize>,
 }
 
-/// synthwhs-2's voxel sizes (slices drawn log-uniformly) and fields of view.
-fn varied_scale_spec(scale: Scale, m: Modality) -> ScaleSpec {
-    let (fov_in_plane, fov_slice) = match m {
-        Modality::Ct => ((180.0, 240.0), (170.0, 230.0)),
-        Modality::Mr => ((220.0, 300.0), (190.0, 260.0)),
+/// Voxel sizes and fields of view: synthwhs-1's (`varied == false`) or synthwhs-2's
+/// (wider, slices drawn log-uniformly by the caller).
+fn scale_spec(scale: Scale, m: Modality, varied: bool) -> ScaleSpec {
+    let (fov_in_plane, fov_slice) = match (m, varied) {
+        (Modality::Ct, false) => ((200.0, 220.0), (190.0, 210.0)),
+        (Modality::Mr, false) => ((240.0, 280.0), (210.0, 240.0)),
+        (Modality::Ct, true) => ((180.0, 240.0), (170.0, 230.0)),
+        (Modality::Mr, true) => ((220.0, 300.0), (190.0, 260.0)),
     };
-    let (in_plane, slice, matrix) = match (scale, m) {
-        (Scale::Small, Modality::Ct) => ((1.2, 2.0), (1.2, 3.0), None),
-        (Scale::Small, Modality::Mr) => ((1.5, 2.5), (1.5, 3.0), None),
-        (Scale::Default, Modality::Ct) => ((0.6, 1.0), (0.8, 3.0), None),
-        (Scale::Default, Modality::Mr) => ((0.8, 2.0), (1.0, 3.0), None),
-        (Scale::Paper, Modality::Ct) => ((0.3, 0.5), (0.5, 1.5), Some(512)),
-        (Scale::Paper, Modality::Mr) => ((0.7, 1.2), (1.0, 3.0), None),
-    };
-    ScaleSpec {
-        in_plane,
-        slice,
-        fov_in_plane,
-        fov_slice,
-        matrix,
-    }
-}
-
-fn scale_spec(scale: Scale, m: Modality) -> ScaleSpec {
-    let fov = |a, b, c, d| ((a, b), (c, d));
-    let (fov_in_plane, fov_slice) = match m {
-        Modality::Ct => fov(200.0, 220.0, 190.0, 210.0),
-        Modality::Mr => fov(240.0, 280.0, 210.0, 240.0),
-    };
-    let (in_plane, slice, matrix) = match (scale, m) {
-        (Scale::Small, Modality::Ct) => ((1.2, 1.6), (1.2, 1.6), None),
-        (Scale::Small, Modality::Mr) => ((1.6, 2.2), (1.6, 2.2), None),
-        (Scale::Default, Modality::Ct) => ((0.6, 0.9), (0.8, 1.25), None),
-        (Scale::Default, Modality::Mr) => ((1.0, 1.6), (1.0, 2.0), None),
-        (Scale::Paper, Modality::Ct) => ((0.35, 0.45), (0.5, 0.625), Some(512)),
-        (Scale::Paper, Modality::Mr) => ((0.8, 1.0), (1.0, 1.6), None),
+    let (in_plane, slice, matrix) = match (scale, m, varied) {
+        (Scale::Small, Modality::Ct, false) => ((1.2, 1.6), (1.2, 1.6), None),
+        (Scale::Small, Modality::Mr, false) => ((1.6, 2.2), (1.6, 2.2), None),
+        (Scale::Default, Modality::Ct, false) => ((0.6, 0.9), (0.8, 1.25), None),
+        (Scale::Default, Modality::Mr, false) => ((1.0, 1.6), (1.0, 2.0), None),
+        (Scale::Paper, Modality::Ct, false) => ((0.35, 0.45), (0.5, 0.625), Some(512)),
+        (Scale::Paper, Modality::Mr, false) => ((0.8, 1.0), (1.0, 1.6), None),
+        (Scale::Small, Modality::Ct, true) => ((1.2, 2.0), (1.2, 3.0), None),
+        (Scale::Small, Modality::Mr, true) => ((1.5, 2.5), (1.5, 3.0), None),
+        (Scale::Default, Modality::Ct, true) => ((0.6, 1.0), (0.8, 3.0), None),
+        (Scale::Default, Modality::Mr, true) => ((0.8, 2.0), (1.0, 3.0), None),
+        (Scale::Paper, Modality::Ct, true) => ((0.3, 0.5), (0.5, 1.5), Some(512)),
+        (Scale::Paper, Modality::Mr, true) => ((0.7, 1.2), (1.0, 3.0), None),
     };
     ScaleSpec {
         in_plane,
@@ -209,7 +195,7 @@ fn uniform(rng: &mut impl Rng, (a, b): (f64, f64)) -> f64 {
 }
 
 fn draw_grid(rng: &mut impl Rng, scale: Scale, m: Modality, centre: [f64; 3]) -> Grid {
-    let spec = scale_spec(scale, m);
+    let spec = scale_spec(scale, m, false);
     let ip = uniform(rng, spec.in_plane);
     let sl = uniform(rng, spec.slice);
     let spacing = [ip, ip, sl];
@@ -223,7 +209,7 @@ fn draw_grid(rng: &mut impl Rng, scale: Scale, m: Modality, centre: [f64; 3]) ->
 /// synthwhs-2: voxel sizes, slice thickness and field of view drawn per case, some
 /// fields of view cutting the heart.
 fn draw_grid_varied<R: Rng>(d: &mut Draw<R>, scale: Scale, m: Modality, centre: [f64; 3]) -> Grid {
-    let spec = varied_scale_spec(scale, m);
+    let spec = scale_spec(scale, m, true);
     let ip = d.range_min(spec.in_plane.0, spec.in_plane.1, 0.3);
     let sl = d.log_range(spec.slice.0, spec.slice.1).max(0.3);
     let fov_ip = d.range_min(spec.fov_in_plane.0, spec.fov_in_plane.1, 60.0);
