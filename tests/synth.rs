@@ -193,6 +193,48 @@ fn varied_structures_vary_independently_and_held_out_lies_outside() {
     assert_eq!(m.options.variety, Variety::HeldOut);
 }
 
+/// The anatomy's held-out parts move only their own group outside its range:
+/// `held-out-orientation` the heart's rotation, `held-out-shape` each structure's variation.
+#[test]
+fn held_out_orientation_and_shape_move_one_group_each() {
+    // a chamber's scale is drawn in 0.85–1.2 per axis (`shapes::ranges_of`)
+    let chambers_inside = |case: &rlu2net::data::synth::CaseRecord| {
+        let vars = case.ct_subject.structures.as_ref().unwrap();
+        vars[1..5]
+            .iter()
+            .flat_map(|v| v.scale)
+            .map(|s| (0.85..1.2).contains(&s))
+            .collect::<Vec<bool>>()
+    };
+    for (variety, rotated, reshaped) in [
+        (Variety::HeldOutOrientation, true, false),
+        (Variety::HeldOutShape, false, true),
+    ] {
+        let h = tempfile::tempdir().unwrap();
+        let opts = SynthOptions {
+            variety,
+            ..small(2, 8)
+        };
+        let m = generate(&opts, h.path(), &|| {}).unwrap();
+        assert_eq!(m.options.variety, variety);
+        for case in &m.cases {
+            let r = case.ct_subject.rotation_deg;
+            assert!(
+                r.iter().all(|r| (r.abs() >= 20.0) == rotated),
+                "{variety:?}: rotation {r:?}"
+            );
+            let inside = chambers_inside(case);
+            assert!(
+                inside.iter().all(|&i| i != reshaped),
+                "{variety:?}: chamber scales {inside:?}"
+            );
+            // the appearance stays in its training range
+            let noise = case.ct.appearance.noise;
+            assert!((8.0..60.0).contains(&noise), "{variety:?}: noise {noise}");
+        }
+    }
+}
+
 #[test]
 fn anatomy_volumes_and_pose_offset() {
     let (dir, manifest) = dataset();

@@ -8,6 +8,7 @@ use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
 use crate::data::pairing::partner_start;
+use crate::data::synth::anatomy::Displacement;
 use crate::data::synth::render::derive_seed;
 use crate::geometry::{euler_rotation_deg, mat3_vec};
 use crate::preprocess::cache::PreparedCase;
@@ -33,6 +34,13 @@ pub struct AugmentConfig {
     pub gamma_range: (f64, f64),
     pub p_noise: f64,
     pub max_noise_std: f64,
+    /// Probability of a smooth non-rigid warp of a patch (drawn per patch): a cubic
+    /// B-spline displacement whose control points are `elastic_control_vox` voxels
+    /// apart, at most `max_elastic_vox` voxels long (it moves structures against each
+    /// other, as anatomy does between people).
+    pub p_elastic: f64,
+    pub max_elastic_vox: f64,
+    pub elastic_control_vox: f64,
 }
 
 impl Default for AugmentConfig {
@@ -49,6 +57,9 @@ impl Default for AugmentConfig {
             gamma_range: (0.7, 1.5),
             p_noise: 0.1,
             max_noise_std: 0.1,
+            p_elastic: 0.0,
+            max_elastic_vox: 2.0,
+            elastic_control_vox: 8.0,
         }
     }
 }
@@ -64,6 +75,7 @@ impl AugmentConfig {
             p_scale: 0.0,
             p_gamma: 0.0,
             p_noise: 0.0,
+            p_elastic: 0.0,
             ..AugmentConfig::default()
         }
     }
@@ -139,15 +151,35 @@ fn draw_spatial(aug: &AugmentConfig, rng: &mut impl Rng) -> [[f64; 3]; 3] {
     m
 }
 
+/// One draw of the non-rigid warp of a patch of edge `p` (patch voxels), or none.
+/// Nothing is drawn when `p_elastic` is 0, so a configuration without it samples
+/// the same batches as before the warp existed.
+fn draw_warp(aug: &AugmentConfig, p: usize, rng: &mut impl Rng) -> Option<Displacement> {
+    if aug.p_elastic <= 0.0 || !rng.random_bool(aug.p_elastic.min(1.0)) {
+        return None;
+    }
+    let amplitude = rng.random_range(0.0..=aug.max_elastic_vox);
+    // the field is zero outside its cube: cover the patch with a voxel to spare
+    let half = p as f64 / 2.0 + 1.0;
+    Some(Displacement::random(
+        rng,
+        amplitude,
+        aug.elastic_control_vox.max(2.0),
+        half,
+    ))
+}
+
 /// Cut a cubic patch of edge `p` starting at voxel `start` (it may reach outside
 /// the volume, which reads as zero, the normalised mean), resampled through the
-/// spatial matrix `m` about the patch centre. With `m` the identity the patch is
-/// an exact copy of the voxels `start..start + p` and their labels.
+/// spatial matrix `m` about the patch centre, after the patch offsets are moved by
+/// `warp` (patch voxels). With `m` the identity and no warp the patch is an exact
+/// copy of the voxels `start..start + p` and their labels.
 fn extract(
     case: &PreparedCase,
     start: [i64; 3],
     p: usize,
     m: &[[f64; 3]; 3],
+    warp: Option<&Displacement>,
 ) -> (Vec<f32>, Vec<u8>) {
     let img = &case.image.data;
     let lab = case.labels.as_ref().map(|l| &l.data);
@@ -160,7 +192,11 @@ fn extract(
     for i in 0..p {
         for j in 0..p {
             for k in 0..p {
-                let o = [i as f64 - half, j as f64 - half, k as f64 - half];
+                let mut o = [i as f64 - half, j as f64 - half, k as f64 - half];
+                if let Some(w) = warp {
+                    let u = w.at(o);
+                    o = [o[0] + u[0], o[1] + u[1], o[2] + u[2]];
+                }
                 let d = mat3_vec(m, o);
                 let x = [centre[0] + d[0], centre[1] + d[1], centre[2] + d[2]];
                 let idx = (i * p + j) * p + k;
@@ -277,7 +313,8 @@ pub fn sample_batch(
             // one modality feeds both branches (single-modality inference is trained for)
             let case = if rng.random_bool(0.5) { c_case } else { m_case };
             let st = patch_start(case, patch, cfg.foreground_fraction, &mut rng);
-            let (mut img, lab) = extract(case, st, patch, &m);
+            let warp = draw_warp(&cfg.augment, patch, &mut rng);
+            let (mut img, lab) = extract(case, st, patch, &m, warp.as_ref());
             augment_intensity(&mut img, &cfg.augment, &mut rng);
             b.ct.extend_from_slice(&img);
             b.mr.extend_from_slice(&img);
@@ -290,8 +327,12 @@ pub fn sample_batch(
         let (c_shape, m_shape) = (c_case.image.data.shape(), m_case.image.data.shape());
         let ms: [i64; 3] =
             std::array::from_fn(|a| partner_start(cs[a], patch, c_shape[a], m_shape[a]));
-        let (mut ci_img, ci_lab) = extract(c_case, cs, patch, &m);
-        let (mut mi_img, mi_lab) = extract(m_case, ms, patch, &m);
+        let (c_warp, m_warp) = (
+            draw_warp(&cfg.augment, patch, &mut rng),
+            draw_warp(&cfg.augment, patch, &mut rng),
+        );
+        let (mut ci_img, ci_lab) = extract(c_case, cs, patch, &m, c_warp.as_ref());
+        let (mut mi_img, mi_lab) = extract(m_case, ms, patch, &m, m_warp.as_ref());
         augment_intensity(&mut ci_img, &cfg.augment, &mut rng);
         augment_intensity(&mut mi_img, &cfg.augment, &mut rng);
         b.ct.extend_from_slice(&ci_img);
@@ -318,13 +359,14 @@ pub fn probe_pair(ct: &PreparedCase, mr: &PreparedCase, p: usize) -> (Vec<f32>, 
                 centre.map(|x| (x - (p as f64 - 1.0) / 2.0).round() as i64),
                 p,
                 &IDENTITY,
+                None,
             )
             .0
         }
         None => {
             let s = c.image.data.shape();
             let start: [i64; 3] = std::array::from_fn(|a| (s[a] as i64 - p as i64).div_euclid(2));
-            extract(c, start, p, &IDENTITY).0
+            extract(c, start, p, &IDENTITY, None).0
         }
     };
     (window(ct), window(mr))
@@ -451,14 +493,14 @@ mod tests {
         let c = case("a", Modality::Ct, 0);
         let (win, _) = probe_pair(&c, &c, 4);
         // a window of 4 centred at (8, 6, 7.5) starts at round(centre − 1.5) = (7, 5, 6)
-        let (want, _) = extract(&c, [7, 5, 6], 4, &IDENTITY);
+        let (want, _) = extract(&c, [7, 5, 6], 4, &IDENTITY, None);
         assert_eq!(win, want);
         // without labels: the volume's central window (start (20−4)/2, (18−4)/2, (16−4)/2)
         let mut u = case("b", Modality::Mr, 1);
         u.labels = None;
         u.class_voxels = vec![Vec::new(); 8];
         let (_, central) = probe_pair(&c, &u, 4);
-        assert_eq!(central, extract(&u, [8, 7, 6], 4, &IDENTITY).0);
+        assert_eq!(central, extract(&u, [8, 7, 6], 4, &IDENTITY, None).0);
     }
 
     #[test]
@@ -466,7 +508,7 @@ mod tests {
         let c = case("a", Modality::Ct, 0);
         // a patch of 4 starting at 6 covers voxels 6..10 exactly, and padding reads 0
         for start in [[6i64, 6, 6], [-2, 3, 14]] {
-            let (img, lab) = extract(&c, start, 4, &IDENTITY);
+            let (img, lab) = extract(&c, start, 4, &IDENTITY, None);
             for i in 0..4 {
                 for j in 0..4 {
                     for k in 0..4 {
@@ -511,6 +553,56 @@ mod tests {
             labels: Some(Volume::with_spacing(lab, [4.0; 3])),
             class_voxels: cv,
         }
+    }
+
+    /// The warp against its own field: on an image that is linear in position, trilinear
+    /// sampling is exact, so each warped voxel must read the ramp at its displaced offset.
+    #[test]
+    fn a_warped_patch_reads_the_image_at_the_displaced_offsets() {
+        let shape = (40, 40, 40);
+        let ramp = |i: f64, j: f64, k: f64| (2.0 * i + 0.5 * j - k) as f32;
+        let img = Array3::from_shape_fn(shape, |(i, j, k)| ramp(i as f64, j as f64, k as f64));
+        let c = PreparedCase {
+            name: "ramp".into(),
+            modality: Modality::Ct,
+            image: Volume::with_spacing(img, [4.0; 3]),
+            labels: None,
+            class_voxels: vec![Vec::new(); 8],
+        };
+        let aug = AugmentConfig {
+            p_elastic: 1.0,
+            max_elastic_vox: 2.0,
+            ..AugmentConfig::none()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let (p, start) = (16usize, [12i64, 11, 12]);
+        let half = (p as f64 - 1.0) / 2.0;
+        let mut largest: f64 = 0.0;
+        for _ in 0..4 {
+            let w = draw_warp(&aug, p, &mut rng).expect("p_elastic = 1 always warps");
+            let (out, _) = extract(&c, start, p, &IDENTITY, Some(&w));
+            for i in 0..p {
+                for j in 0..p {
+                    for k in 0..p {
+                        let o = [i, j, k].map(|v| v as f64 - half);
+                        let u = w.at(o);
+                        largest = largest.max(u.iter().map(|x| x.abs()).fold(0.0, f64::max));
+                        assert!(u.iter().all(|x| x.abs() <= 2.0 + 1e-9), "{u:?}");
+                        let x: [f64; 3] =
+                            std::array::from_fn(|a| start[a] as f64 + half + o[a] + u[a]);
+                        let want = ramp(x[0], x[1], x[2]);
+                        let got = out[(i * p + j) * p + k];
+                        assert!((got - want).abs() < 1e-3, "({i},{j},{k}): {got} vs {want}");
+                    }
+                }
+            }
+        }
+        // the warp really moved something (a zero field would pass the check above)
+        assert!(largest > 0.2, "largest displacement {largest}");
+        // with p_elastic = 0 nothing is drawn: the random stream is untouched
+        let (mut a, b) = (ChaCha8Rng::seed_from_u64(8), ChaCha8Rng::seed_from_u64(8));
+        assert!(draw_warp(&AugmentConfig::none(), p, &mut a).is_none());
+        assert_eq!(a, b);
     }
 
     #[test]
@@ -584,8 +676,8 @@ mod tests {
             let cs = patch_start(&ct[0], 8, 0.0, &mut rng);
             let ms = [0, 1, 2].map(|a| partner_start(cs[a], 8, [30, 26, 22][a], [60, 26, 22][a]));
             assert_eq!(ms[1..], cs[1..]);
-            assert_eq!(b.ct[..512], extract(&ct[0], cs, 8, &IDENTITY).0);
-            assert_eq!(b.mr[..512], extract(&mr2[0], ms, 8, &IDENTITY).0);
+            assert_eq!(b.ct[..512], extract(&ct[0], cs, 8, &IDENTITY, None).0);
+            assert_eq!(b.mr[..512], extract(&mr2[0], ms, 8, &IDENTITY, None).0);
         }
     }
 

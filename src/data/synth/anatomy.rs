@@ -7,7 +7,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::shapes::{ShapedHeart, StructureFields, StructureVariation};
-use super::variety::Draw;
+use super::variety::{Draw, Part};
 use crate::data::labels::NUM_STRUCTURES;
 use crate::geometry::{euler_rotation_deg, mat3_mul, mat3_transpose, mat3_vec};
 use crate::io::Volume;
@@ -383,17 +383,20 @@ impl<'t> Subject<'t> {
         fields: &'static StructureFields,
         d: &mut Draw<R>,
     ) -> Subject<'t> {
+        d.group(Part::Anatomy);
         let (lo, hi) = if d.held_out { (0.6, 1.75) } else { (0.7, 1.5) };
         let scale = hold_volume([0; 3].map(|_| d.range(0.82, 1.2)), lo, hi);
-        let rotation_deg = [0; 3].map(|_| d.symmetric(20.0));
+        let rotation_deg = [0; 3].map(|_| d.group(Part::Orientation).symmetric(20.0));
+        d.group(Part::Anatomy);
         let amplitude = d.range_min(2.0, 8.0, 0.5);
         let control = d.range_min(20.0, 40.0, 10.0);
+        d.group(Part::Shape);
         let structures: Vec<StructureVariation> = (0..NUM_STRUCTURES)
             .map(|s| StructureVariation::draw(d, s))
             .collect();
         let half_extent = template.half_extent * 1.5 + 20.0;
         let displacement = Displacement::random(d.rng, amplitude, control, half_extent);
-        let torso = Torso::varied(d);
+        let torso = Torso::varied(d.group(Part::Anatomy));
         let shaped = ShapedHeart::new(fields, &structures);
         Subject {
             params: SubjectParams {

@@ -294,7 +294,7 @@ fn render_image(
         let mut d = Draw::new(rng, opts.variety, Part::Geometry);
         let fov_centre: [f64; 3] = std::array::from_fn(|a| heart_centre[a] + d.symmetric(20.0));
         let grid = draw_grid_varied(&mut d, opts.scale, modality, fov_centre);
-        d.held_out = opts.variety.holds_out(Part::Appearance);
+        d.group(Part::Appearance);
         let app = Appearance::varied(modality, &mut d, grid.shape[2]);
         (grid, app)
     };

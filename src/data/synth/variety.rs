@@ -24,6 +24,10 @@ pub enum Variety {
     HeldOut,
     /// `held-out` for the anatomy only (heart, structures, torso); the rest as `varied`.
     HeldOutAnatomy,
+    /// `held-out` for the heart's orientation in the chest only (its global rotation).
+    HeldOutOrientation,
+    /// `held-out` for each structure's own variation only (size, stretch, margin, bend).
+    HeldOutShape,
     /// `held-out` for the appearance only (intensities, noise, blur, artefacts).
     HeldOutAppearance,
     /// `held-out` for the geometry only (voxel sizes, fields of view and their placement).
@@ -31,11 +35,21 @@ pub enum Variety {
 }
 
 /// The groups of drawn values a held-out profile can move outside their ranges.
+/// The anatomy is three groups: `Anatomy` (the heart's size, its deformation and the
+/// torso), `Orientation` (the heart's rotation) and `Shape` (each structure's variation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Part {
     Anatomy,
+    Orientation,
+    Shape,
     Appearance,
     Geometry,
+}
+
+impl Part {
+    fn is_anatomy(self) -> bool {
+        matches!(self, Part::Anatomy | Part::Orientation | Part::Shape)
+    }
 }
 
 impl Variety {
@@ -51,7 +65,9 @@ impl Variety {
     pub fn holds_out(self, part: Part) -> bool {
         match self {
             Variety::HeldOut => true,
-            Variety::HeldOutAnatomy => part == Part::Anatomy,
+            Variety::HeldOutAnatomy => part.is_anatomy(),
+            Variety::HeldOutOrientation => part == Part::Orientation,
+            Variety::HeldOutShape => part == Part::Shape,
             Variety::HeldOutAppearance => part == Part::Appearance,
             Variety::HeldOutGeometry => part == Part::Geometry,
             Variety::Classic | Variety::Varied => false,
@@ -70,6 +86,7 @@ pub const HELD_OUT_REACH: f64 = 0.25;
 pub struct Draw<'r, R: Rng> {
     pub rng: &'r mut R,
     pub held_out: bool,
+    variety: Variety,
 }
 
 impl<'r, R: Rng> Draw<'r, R> {
@@ -77,7 +94,14 @@ impl<'r, R: Rng> Draw<'r, R> {
         Draw {
             rng,
             held_out: variety.holds_out(part),
+            variety,
         }
+    }
+
+    /// Draw the next values for `part` (held out or not as the profile says).
+    pub fn group(&mut self, part: Part) -> &mut Self {
+        self.held_out = self.variety.holds_out(part);
+        self
     }
 
     /// A value in `[a, b)`, or, held out, in the band of width `HELD_OUT_REACH·(b − a)`
@@ -152,5 +176,15 @@ mod tests {
         assert!(Variety::HeldOutGeometry.holds_out(Part::Geometry));
         assert!(!Variety::HeldOutGeometry.holds_out(Part::Anatomy));
         assert!(!Variety::Varied.holds_out(Part::Appearance));
+        // the anatomy's three groups: all in `held-out-anatomy`, one each in its parts
+        for p in [Part::Anatomy, Part::Orientation, Part::Shape] {
+            assert!(Variety::HeldOutAnatomy.holds_out(p) && Variety::HeldOut.holds_out(p));
+            assert!(!Variety::HeldOutAppearance.holds_out(p));
+        }
+        assert!(Variety::HeldOutOrientation.holds_out(Part::Orientation));
+        assert!(!Variety::HeldOutOrientation.holds_out(Part::Shape));
+        assert!(!Variety::HeldOutOrientation.holds_out(Part::Anatomy));
+        assert!(Variety::HeldOutShape.holds_out(Part::Shape));
+        assert!(!Variety::HeldOutShape.holds_out(Part::Orientation));
     }
 }
