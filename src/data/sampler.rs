@@ -36,8 +36,8 @@ pub struct AugmentConfig {
     pub max_noise_std: f64,
     /// Probability of a smooth non-rigid warp of a patch (drawn per patch): a cubic
     /// B-spline displacement whose control points are `elastic_control_vox` voxels
-    /// apart, at most `max_elastic_vox` voxels long (it moves structures against each
-    /// other, as anatomy does between people).
+    /// apart, at most `max_elastic_vox` voxels long: a smooth local distortion of the
+    /// patch, blind to the labels (it does not move one structure against another).
     pub p_elastic: f64,
     pub max_elastic_vox: f64,
     pub elastic_control_vox: f64,
