@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::pairing::partner_start;
 use crate::data::synth::anatomy::Displacement;
 use crate::data::synth::render::derive_seed;
-use crate::geometry::{euler_rotation_deg, mat3_vec};
+use crate::geometry::{SignedPerm, euler_rotation_deg, mat3_vec};
 use crate::preprocess::cache::PreparedCase;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,9 +124,8 @@ pub struct Batch {
 const IDENTITY: [[f64; 3]; 3] = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
 
 /// One draw of spatial augmentation: the matrix that maps patch offsets (voxels,
-/// from the patch centre) to volume offsets. It is applied to both patches of an
-/// item, so their relative pose changes only by conjugation and stays a proper
-/// rotation (a mirror applied to both cancels in the relative pose).
+/// from the patch centre) to volume offsets, of the CT patch; the MRI patch's is
+/// [`partner_matrix`] of it, so the pair keeps its relative pose.
 fn draw_spatial(aug: &AugmentConfig, rng: &mut impl Rng) -> [[f64; 3]; 3] {
     let mut m = IDENTITY;
     if rng.random_bool(aug.p_rotate) {
@@ -275,13 +274,32 @@ fn patch_start(case: &PreparedCase, p: usize, fg_fraction: f64, rng: &mut impl R
     })
 }
 
+/// The spatial matrix of the MRI patch when the CT patch is drawn through `m`, for
+/// MRI volumes that `pose` turns onto the CT (`rotate_spatial(MRI, pose) ≈ CT`):
+/// `pose⁻¹ · m · pose`, so that the augmented pair keeps the relative pose the
+/// alignment undoes. The same `m` for both would leave them at `m⁻¹ · pose⁻¹ · m`,
+/// another pose for every augmented item unless `pose` commutes with `m`.
+pub fn partner_matrix(m: &[[f64; 3]; 3], pose: &SignedPerm) -> [[f64; 3]; 3] {
+    let r = pose.matrix().map(|row| row.map(f64::from));
+    let mul = |a: &[[f64; 3]; 3], b: &[[f64; 3]; 3]| -> [[f64; 3]; 3] {
+        std::array::from_fn(|i| std::array::from_fn(|j| (0..3).map(|k| a[i][k] * b[k][j]).sum()))
+    };
+    // a signed permutation's inverse is its transpose
+    let rt: [[f64; 3]; 3] = std::array::from_fn(|i| std::array::from_fn(|j| r[j][i]));
+    mul(&mul(&rt, m), &r)
+}
+
 /// The batch of training step `step`. The auxiliary (MRI) patch of each item sits
 /// at the same normalised position as the primary (CT) one, as inference pairs its
-/// windows ([`partner_start`]); one spatial augmentation serves both.
+/// windows ([`partner_start`]); one spatial augmentation serves both, conjugated by
+/// `pose` (the rotation that turns the MRI onto the CT, [`partner_matrix`]) for the
+/// MRI patch.
+#[allow(clippy::too_many_arguments)]
 pub fn sample_batch(
     ct: &[PreparedCase],
     mr: &[PreparedCase],
     pairing: Pairing,
+    pose: &SignedPerm,
     cfg: &SamplerConfig,
     patch: usize,
     seed: u64,
@@ -332,7 +350,8 @@ pub fn sample_batch(
             draw_warp(&cfg.augment, patch, &mut rng),
         );
         let (mut ci_img, ci_lab) = extract(c_case, cs, patch, &m, c_warp.as_ref());
-        let (mut mi_img, mi_lab) = extract(m_case, ms, patch, &m, m_warp.as_ref());
+        let m_mr = partner_matrix(&m, pose);
+        let (mut mi_img, mi_lab) = extract(m_case, ms, patch, &m_mr, m_warp.as_ref());
         augment_intensity(&mut ci_img, &cfg.augment, &mut rng);
         augment_intensity(&mut mi_img, &cfg.augment, &mut rng);
         b.ct.extend_from_slice(&ci_img);
@@ -406,6 +425,7 @@ impl Prefetcher {
         ct: std::sync::Arc<Vec<PreparedCase>>,
         mr: std::sync::Arc<Vec<PreparedCase>>,
         pairing: Pairing,
+        pose: SignedPerm,
         cfg: SamplerConfig,
         patch: usize,
         seed: u64,
@@ -415,7 +435,7 @@ impl Prefetcher {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let handle = std::thread::spawn(move || {
             for step in first..last {
-                let b = sample_batch(&ct, &mr, pairing, &cfg, patch, seed, step);
+                let b = sample_batch(&ct, &mr, pairing, &pose, &cfg, patch, seed, step);
                 if tx.send((step, b)).is_err() {
                     break;
                 }
@@ -474,14 +494,51 @@ mod tests {
             batch_size: 2,
             ..SamplerConfig::default()
         };
-        let a = sample_batch(&ct, &mr, Pairing::Random, &cfg, 8, 42, 5);
-        let b = sample_batch(&ct, &mr, Pairing::Random, &cfg, 8, 42, 5);
+        let a = sample_batch(
+            &ct,
+            &mr,
+            Pairing::Random,
+            &SignedPerm::IDENTITY,
+            &cfg,
+            8,
+            42,
+            5,
+        );
+        let b = sample_batch(
+            &ct,
+            &mr,
+            Pairing::Random,
+            &SignedPerm::IDENTITY,
+            &cfg,
+            8,
+            42,
+            5,
+        );
         assert_eq!(a, b);
-        let c = sample_batch(&ct, &mr, Pairing::Random, &cfg, 8, 42, 6);
+        let c = sample_batch(
+            &ct,
+            &mr,
+            Pairing::Random,
+            &SignedPerm::IDENTITY,
+            &cfg,
+            8,
+            42,
+            6,
+        );
         assert_ne!(a.ct, c.ct);
         assert_eq!(a.ct.len(), 2 * 512);
         // the prefetching thread yields the same batches
-        let p = Prefetcher::start(ct.into(), mr.into(), Pairing::Random, cfg, 8, 42, 5, 7);
+        let p = Prefetcher::start(
+            ct.into(),
+            mr.into(),
+            Pairing::Random,
+            SignedPerm::IDENTITY,
+            cfg,
+            8,
+            42,
+            5,
+            7,
+        );
         assert_eq!(p.next().unwrap(), (5, a));
         assert_eq!(p.next().unwrap().1, c);
         assert!(p.next().is_none());
@@ -624,7 +681,16 @@ mod tests {
             ..SamplerConfig::default()
         };
         for step in 0..40 {
-            let b = sample_batch(&ct, &mr, Pairing::Index, &cfg, 8, 3, step);
+            let b = sample_batch(
+                &ct,
+                &mr,
+                Pairing::Index,
+                &SignedPerm::IDENTITY,
+                &cfg,
+                8,
+                3,
+                step,
+            );
             for (img, lab) in [(&b.ct, &b.ct_labels), (&b.mr, &b.mr_labels)] {
                 for (v, l) in img.iter().zip(lab.iter()) {
                     assert_eq!(*v, *l as f32 * 10.0, "step {step}: image off its labels");
@@ -652,7 +718,16 @@ mod tests {
             ..SamplerConfig::default()
         };
         for step in 0..20 {
-            let b = sample_batch(&ct, &mr, Pairing::Index, &cfg, 8, 9, step);
+            let b = sample_batch(
+                &ct,
+                &mr,
+                Pairing::Index,
+                &SignedPerm::IDENTITY,
+                &cfg,
+                8,
+                9,
+                step,
+            );
             assert_eq!(b.ct, b.mr, "step {step}");
             assert_eq!(b.ct_labels, b.mr_labels, "step {step}");
         }
@@ -667,7 +742,16 @@ mod tests {
         };
         cfg.foreground_fraction = 0.0;
         for step in 0..20 {
-            let b = sample_batch(&ct, &mr2, Pairing::Index, &cfg, 8, 9, step);
+            let b = sample_batch(
+                &ct,
+                &mr2,
+                Pairing::Index,
+                &SignedPerm::IDENTITY,
+                &cfg,
+                8,
+                9,
+                step,
+            );
             // replay the first item's draws
             let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(9, &[0x5a3, step]));
             let _self_pair = rng.random_bool(0.0);
@@ -681,6 +765,71 @@ mod tests {
         }
     }
 
+    /// An MRI volume that `pose` turns onto the CT exactly (a cube of the patch's size,
+    /// so both patches are centred on the volume's centre): through `partner_matrix`
+    /// the augmented MRI patch, turned by `pose`, is the augmented CT patch; through
+    /// the CT's own matrix (what the sampler did before) it is not.
+    #[test]
+    fn the_augmented_pair_keeps_its_relative_pose() {
+        let n = 10;
+        let ct_img = Array3::from_shape_fn((n, n, n), |(i, j, k)| {
+            i as f32 + 3.7 * j as f32 + 0.21 * (k * k) as f32
+        });
+        let c = (n as f64 - 1.0) / 2.0;
+        let ct = labelled_image("a", Modality::Ct, (n, n, n));
+        let ct = PreparedCase {
+            image: Volume::with_spacing(ct_img.clone(), [4.0; 3]),
+            ..ct
+        };
+        let idx = |v: [f64; 3]| v.map(|x| (x + c).round() as usize);
+        for pose in [
+            SignedPerm::from_matrix([[0, 0, 1], [1, 0, 0], [0, 1, 0]]).unwrap(),
+            SignedPerm::from_matrix([[0, -1, 0], [1, 0, 0], [0, 0, 1]]).unwrap(),
+        ] {
+            // rotate_spatial(mr, pose) = ct: mr[y] = ct[c + pose·(y − c)]
+            let mr_img = Array3::from_shape_fn((n, n, n), |(i, j, k)| {
+                let [a, b, d] = idx(pose.apply([i, j, k].map(|v| v as f64 - c)));
+                ct_img[[a, b, d]]
+            });
+            let mr = PreparedCase {
+                image: Volume::with_spacing(mr_img, [4.0; 3]),
+                ..ct.clone()
+            };
+            let m = euler_rotation_deg([25.0, -10.0, 17.0]).map(|r| r.map(|x| x / 1.1));
+            let (ct_p, _) = extract(&ct, [0; 3], n, &m, None);
+            let turned = |mr_p: &[f32]| {
+                // out[pose·(j − c) + c] = mr_p[j]
+                let mut out = vec![0.0f32; n * n * n];
+                for (flat, v) in mr_p.iter().enumerate() {
+                    let j = [flat / (n * n), flat / n % n, flat % n].map(|x| x as f64 - c);
+                    let [a, b, d] = idx(pose.apply(j));
+                    out[(a * n + b) * n + d] = *v;
+                }
+                out
+            };
+            let (kept, _) = extract(&mr, [0; 3], n, &partner_matrix(&m, &pose), None);
+            let worst = turned(&kept)
+                .iter()
+                .zip(&ct_p)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-3, "{pose:?}: off by {worst}");
+            let (same_m, _) = extract(&mr, [0; 3], n, &m, None);
+            let off = turned(&same_m)
+                .iter()
+                .zip(&ct_p)
+                .filter(|(a, b)| (*a - *b).abs() > 0.5)
+                .count();
+            assert!(
+                off > n * n * n / 4,
+                "{pose:?}: the plain matrix kept the pose too"
+            );
+        }
+        // the identity pose leaves the matrix alone
+        let m = euler_rotation_deg([5.0, 6.0, 7.0]);
+        assert_eq!(partner_matrix(&m, &SignedPerm::IDENTITY), m);
+    }
+
     #[test]
     fn paired_index_pairs_same_case_numbers() {
         let ct = vec![case("ct_1", Modality::Ct, 0), case("ct_2", Modality::Ct, 1)];
@@ -690,7 +839,16 @@ mod tests {
             p_self_pair: 0.0,
             ..SamplerConfig::default()
         };
-        let b = sample_batch(&ct, &mr, Pairing::Index, &cfg, 4, 1, 0);
+        let b = sample_batch(
+            &ct,
+            &mr,
+            Pairing::Index,
+            &SignedPerm::IDENTITY,
+            &cfg,
+            4,
+            1,
+            0,
+        );
         for (c, m) in &b.sources {
             assert_eq!(c[3..], m[3..]);
         }

@@ -10,9 +10,11 @@
 
 use burn::prelude::*;
 
+use crate::data::sampler::probe_pair;
 use crate::geometry::{SignedPerm, cube_rotations};
 use crate::model::RlU2Net;
 use crate::model::pose_align::pose_similarities;
+use crate::preprocess::cache::PreparedCase;
 
 /// For each of the 24 cube rotations R: the similarity (`pose_similarities`) of the
 /// CT features and the MRI features rotated by R, at the input of every RL-XAlign
@@ -38,6 +40,24 @@ pub fn rotation_scores(
         sum.iter_mut().zip(s).for_each(|(t, v)| *t += v);
     }
     sum.map(|t| t / usable.len().max(1) as f64)
+}
+
+/// The rotation that turns the MRI onto the CT by the mutual-information score,
+/// summed over the first (at most 16) index pairs' probe windows
+/// ([`crate::data::sampler::probe_pair`]): the score the agents maximise, and
+/// independent of the network. The sampler conjugates its spatial augmentation by it
+/// ([`crate::data::sampler::partner_matrix`]) so that an augmented pair keeps its
+/// relative pose. Identity when either list is empty.
+pub fn estimated_pose(ct: &[PreparedCase], mr: &[PreparedCase], p: usize) -> SignedPerm {
+    let mut sum = [0.0f64; 24];
+    for (c, m) in ct.iter().zip(mr).take(16) {
+        let s = mutual_information_scores(&probe_pair(c, m, p), p);
+        sum.iter_mut().zip(s).for_each(|(t, v)| *t += v);
+    }
+    let best = (0..24)
+        .max_by(|&a, &b| sum[a].total_cmp(&sum[b]).then(b.cmp(&a)))
+        .unwrap_or(0);
+    cube_rotations()[best]
 }
 
 /// Histogram bins per window in `mutual_information`.

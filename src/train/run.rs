@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::alignment::alignment_report;
 use super::clip::clip_global_norm;
 use super::log::{log_ppo, redraw_plots};
-use super::reward::{mutual_information_scores, rotation_scores};
+use super::reward::{estimated_pose, mutual_information_scores, rotation_scores};
 use super::validate::{nanmean, validate};
 use crate::checkpoint::{LoopState, load_checkpoint, save_checkpoint};
 use crate::config::TrainConfig;
@@ -677,6 +677,16 @@ fn step_line(r: &StepResult, batch: &Batch, epoch: u64, step: u64, lr: f64) -> L
     })
 }
 
+/// The relative pose the spatial augmentation keeps: the identity when nothing
+/// spatial is augmented (no score is computed), else [`estimated_pose`].
+fn augmentation_pose(cfg: &TrainConfig, ct: &[PreparedCase], mr: &[PreparedCase]) -> SignedPerm {
+    let a = &cfg.sampler.augment;
+    if a.p_rotate <= 0.0 && a.p_scale <= 0.0 && a.p_flip <= 0.0 {
+        return SignedPerm::IDENTITY;
+    }
+    estimated_pose(ct, mr, cfg.model.patch)
+}
+
 /// Train (or resume) a run.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummary> {
     let t0 = Instant::now();
@@ -689,6 +699,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSumm
         Arc::new(run.cases.ct_train.clone()),
         Arc::new(run.cases.mr_train.clone()),
         run.pairing,
+        augmentation_pose(cfg, &run.cases.ct_train, &run.cases.mr_train),
         cfg.sampler.clone(),
         cfg.model.patch,
         cfg.seed,
