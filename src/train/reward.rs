@@ -209,6 +209,52 @@ mod tests {
         }
     }
 
+    /// The pose the augmentation keeps, from whole cases: volumes the size of the probe
+    /// window, the MRI the CT turned by a cube rotation (labels with it).
+    #[test]
+    fn estimated_pose_is_the_rotation_that_turns_the_mri_onto_the_ct() {
+        use crate::data::layout::Modality;
+        use crate::io::Volume;
+        use ndarray::Array3;
+        let p = 13;
+        let case = |v: Vec<f32>, modality| {
+            let lab: Vec<u8> = v.iter().map(|&x| x as u8).collect();
+            let mut cv = vec![Vec::new(); 8];
+            for (n, &c) in lab.iter().enumerate() {
+                if c > 0 {
+                    cv[c as usize].push(n as u32);
+                }
+            }
+            PreparedCase {
+                name: "a".into(),
+                modality,
+                image: Volume::with_spacing(
+                    Array3::from_shape_vec((p, p, p), v).unwrap(),
+                    [4.0; 3],
+                ),
+                labels: Some(Volume::with_spacing(
+                    Array3::from_shape_vec((p, p, p), lab).unwrap(),
+                    [4.0; 3],
+                )),
+                class_voxels: cv,
+            }
+        };
+        let ct = phantom(p);
+        let rots = cube_rotations();
+        let inv = crate::geometry::rotation_inverse_table();
+        for pose in [9usize, 13, 19] {
+            // rotate_cube(mr, R_pose) = ct
+            let mr = rotate_cube(&ct, p, &rots[inv[pose]]);
+            let got = estimated_pose(
+                &[case(ct.clone(), Modality::Ct)],
+                &[case(mr, Modality::Mr)],
+                p,
+            );
+            assert_eq!(got, rots[pose], "pose {pose}");
+        }
+        assert_eq!(estimated_pose(&[], &[], p), SignedPerm::IDENTITY);
+    }
+
     #[test]
     fn mutual_information_of_independent_sequences_is_near_zero_and_of_a_copy_its_entropy() {
         let a: Vec<u8> = (0..20_000u32).map(|i| (i * 7919 % 16) as u8).collect();
