@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::pairing::partner_start;
 use crate::data::synth::anatomy::Displacement;
 use crate::data::synth::render::derive_seed;
-use crate::geometry::{SignedPerm, euler_rotation_deg, mat3_vec};
+use crate::geometry::{SignedPerm, euler_rotation_deg, mat3_mul, mat3_vec, perm_matrix_f64};
 use crate::preprocess::cache::PreparedCase;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,13 +280,8 @@ fn patch_start(case: &PreparedCase, p: usize, fg_fraction: f64, rng: &mut impl R
 /// alignment undoes. The same `m` for both would leave them at `m⁻¹ · pose⁻¹ · m`,
 /// another pose for every augmented item unless `pose` commutes with `m`.
 pub fn partner_matrix(m: &[[f64; 3]; 3], pose: &SignedPerm) -> [[f64; 3]; 3] {
-    let r = pose.matrix().map(|row| row.map(f64::from));
-    let mul = |a: &[[f64; 3]; 3], b: &[[f64; 3]; 3]| -> [[f64; 3]; 3] {
-        std::array::from_fn(|i| std::array::from_fn(|j| (0..3).map(|k| a[i][k] * b[k][j]).sum()))
-    };
-    // a signed permutation's inverse is its transpose
-    let rt: [[f64; 3]; 3] = std::array::from_fn(|i| std::array::from_fn(|j| r[j][i]));
-    mul(&mul(&rt, m), &r)
+    let r = perm_matrix_f64(pose);
+    mat3_mul(&mat3_mul(&perm_matrix_f64(&pose.inverse()), m), &r)
 }
 
 /// The batch of training step `step`. The auxiliary (MRI) patch of each item sits
@@ -470,20 +465,12 @@ mod tests {
                 0
             }
         });
-        let labels = Some(Volume::with_spacing(lab, [4.0; 3]));
-        let mut cv = vec![Vec::new(); 8];
-        for (n, &c) in labels.as_ref().unwrap().data.iter().enumerate() {
-            if c > 0 {
-                cv[c as usize].push(n as u32);
-            }
-        }
-        PreparedCase {
-            name: name.into(),
+        PreparedCase::new(
+            name.into(),
             modality,
-            image: Volume::with_spacing(img, [4.0; 3]),
-            labels,
-            class_voxels: cv,
-        }
+            Volume::with_spacing(img, [4.0; 3]),
+            Some(Volume::with_spacing(lab, [4.0; 3])),
+        )
     }
 
     #[test]
@@ -494,37 +481,10 @@ mod tests {
             batch_size: 2,
             ..SamplerConfig::default()
         };
-        let a = sample_batch(
-            &ct,
-            &mr,
-            Pairing::Random,
-            &SignedPerm::IDENTITY,
-            &cfg,
-            8,
-            42,
-            5,
-        );
-        let b = sample_batch(
-            &ct,
-            &mr,
-            Pairing::Random,
-            &SignedPerm::IDENTITY,
-            &cfg,
-            8,
-            42,
-            5,
-        );
+        let a = batch(&ct, &mr, Pairing::Random, &cfg, 8, 42, 5);
+        let b = batch(&ct, &mr, Pairing::Random, &cfg, 8, 42, 5);
         assert_eq!(a, b);
-        let c = sample_batch(
-            &ct,
-            &mr,
-            Pairing::Random,
-            &SignedPerm::IDENTITY,
-            &cfg,
-            8,
-            42,
-            6,
-        );
+        let c = batch(&ct, &mr, Pairing::Random, &cfg, 8, 42, 6);
         assert_ne!(a.ct, c.ct);
         assert_eq!(a.ct.len(), 2 * 512);
         // the prefetching thread yields the same batches
@@ -590,6 +550,28 @@ mod tests {
 
     /// A case whose image is ten times its label map, so image and labels can be checked
     /// against each other voxel by voxel.
+    /// `sample_batch` for MRI volumes at the CT's pose.
+    fn batch(
+        ct: &[PreparedCase],
+        mr: &[PreparedCase],
+        pairing: Pairing,
+        cfg: &SamplerConfig,
+        patch: usize,
+        seed: u64,
+        step: u64,
+    ) -> Batch {
+        sample_batch(
+            ct,
+            mr,
+            pairing,
+            &SignedPerm::IDENTITY,
+            cfg,
+            patch,
+            seed,
+            step,
+        )
+    }
+
     fn labelled_image(
         name: &str,
         modality: Modality,
@@ -597,19 +579,12 @@ mod tests {
     ) -> PreparedCase {
         let lab = Array3::from_shape_fn(shape, |(i, j, k)| ((i / 3 + j / 4 + k / 5) % 8) as u8);
         let img = lab.mapv(|c| c as f32 * 10.0);
-        let mut cv = vec![Vec::new(); 8];
-        for (n, &c) in lab.iter().enumerate() {
-            if c > 0 {
-                cv[c as usize].push(n as u32);
-            }
-        }
-        PreparedCase {
-            name: name.into(),
+        PreparedCase::new(
+            name.into(),
             modality,
-            image: Volume::with_spacing(img, [4.0; 3]),
-            labels: Some(Volume::with_spacing(lab, [4.0; 3])),
-            class_voxels: cv,
-        }
+            Volume::with_spacing(img, [4.0; 3]),
+            Some(Volume::with_spacing(lab, [4.0; 3])),
+        )
     }
 
     /// The warp against its own field: on an image that is linear in position, trilinear
@@ -619,13 +594,12 @@ mod tests {
         let shape = (40, 40, 40);
         let ramp = |i: f64, j: f64, k: f64| (2.0 * i + 0.5 * j - k) as f32;
         let img = Array3::from_shape_fn(shape, |(i, j, k)| ramp(i as f64, j as f64, k as f64));
-        let c = PreparedCase {
-            name: "ramp".into(),
-            modality: Modality::Ct,
-            image: Volume::with_spacing(img, [4.0; 3]),
-            labels: None,
-            class_voxels: vec![Vec::new(); 8],
-        };
+        let c = PreparedCase::new(
+            "ramp".into(),
+            Modality::Ct,
+            Volume::with_spacing(img, [4.0; 3]),
+            None,
+        );
         let aug = AugmentConfig {
             p_elastic: 1.0,
             max_elastic_vox: 2.0,
@@ -681,16 +655,7 @@ mod tests {
             ..SamplerConfig::default()
         };
         for step in 0..40 {
-            let b = sample_batch(
-                &ct,
-                &mr,
-                Pairing::Index,
-                &SignedPerm::IDENTITY,
-                &cfg,
-                8,
-                3,
-                step,
-            );
+            let b = batch(&ct, &mr, Pairing::Index, &cfg, 8, 3, step);
             for (img, lab) in [(&b.ct, &b.ct_labels), (&b.mr, &b.mr_labels)] {
                 for (v, l) in img.iter().zip(lab.iter()) {
                     assert_eq!(*v, *l as f32 * 10.0, "step {step}: image off its labels");
@@ -718,16 +683,7 @@ mod tests {
             ..SamplerConfig::default()
         };
         for step in 0..20 {
-            let b = sample_batch(
-                &ct,
-                &mr,
-                Pairing::Index,
-                &SignedPerm::IDENTITY,
-                &cfg,
-                8,
-                9,
-                step,
-            );
+            let b = batch(&ct, &mr, Pairing::Index, &cfg, 8, 9, step);
             assert_eq!(b.ct, b.mr, "step {step}");
             assert_eq!(b.ct_labels, b.mr_labels, "step {step}");
         }
@@ -742,16 +698,7 @@ mod tests {
         };
         cfg.foreground_fraction = 0.0;
         for step in 0..20 {
-            let b = sample_batch(
-                &ct,
-                &mr2,
-                Pairing::Index,
-                &SignedPerm::IDENTITY,
-                &cfg,
-                8,
-                9,
-                step,
-            );
+            let b = batch(&ct, &mr2, Pairing::Index, &cfg, 8, 9, step);
             // replay the first item's draws
             let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(9, &[0x5a3, step]));
             let _self_pair = rng.random_bool(0.0);
@@ -839,16 +786,7 @@ mod tests {
             p_self_pair: 0.0,
             ..SamplerConfig::default()
         };
-        let b = sample_batch(
-            &ct,
-            &mr,
-            Pairing::Index,
-            &SignedPerm::IDENTITY,
-            &cfg,
-            4,
-            1,
-            0,
-        );
+        let b = batch(&ct, &mr, Pairing::Index, &cfg, 4, 1, 0);
         for (c, m) in &b.sources {
             assert_eq!(c[3..], m[3..]);
         }

@@ -37,6 +37,25 @@ fn file_hash(h: &mut Sha256, p: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl PreparedCase {
+    /// A case on the working grid, with its classes' voxels indexed.
+    pub fn new(
+        name: String,
+        modality: Modality,
+        image: Volume<f32>,
+        labels: Option<Volume<u8>>,
+    ) -> PreparedCase {
+        let class_voxels = class_voxels(&labels);
+        PreparedCase {
+            name,
+            modality,
+            image,
+            labels,
+            class_voxels,
+        }
+    }
+}
+
 fn class_voxels(labels: &Option<Volume<u8>>) -> Vec<Vec<u32>> {
     let mut out = vec![Vec::new(); NUM_CLASSES];
     if let Some(l) = labels {
@@ -78,14 +97,7 @@ pub fn prepare_case(
             None => None,
         };
         if case.label.is_none() || labels.is_some() {
-            let class_voxels = class_voxels(&labels);
-            return Ok(PreparedCase {
-                name,
-                modality: case.modality,
-                image,
-                labels,
-                class_voxels,
-            });
+            return Ok(PreparedCase::new(name, case.modality, image, labels));
         }
     }
     let (raw, _) = read_nifti::<f32>(&case.image)?;
@@ -120,12 +132,5 @@ pub fn prepare_case(
         })?
         .as_bytes(),
     )?;
-    let class_voxels = class_voxels(&labels);
-    Ok(PreparedCase {
-        name,
-        modality: case.modality,
-        image,
-        labels,
-        class_voxels,
-    })
+    Ok(PreparedCase::new(name, case.modality, image, labels))
 }

@@ -54,6 +54,7 @@ pub fn estimated_pose(ct: &[PreparedCase], mr: &[PreparedCase], p: usize) -> Sig
         let s = mutual_information_scores(&probe_pair(c, m, p), p);
         sum.iter_mut().zip(s).for_each(|(t, v)| *t += v);
     }
+    // on a tie the lower index (the identity first)
     let best = (0..24)
         .max_by(|&a, &b| sum[a].total_cmp(&sum[b]).then(b.cmp(&a)))
         .unwrap_or(0);
@@ -218,26 +219,15 @@ mod tests {
         use ndarray::Array3;
         let p = 13;
         let case = |v: Vec<f32>, modality| {
-            let lab: Vec<u8> = v.iter().map(|&x| x as u8).collect();
-            let mut cv = vec![Vec::new(); 8];
-            for (n, &c) in lab.iter().enumerate() {
-                if c > 0 {
-                    cv[c as usize].push(n as u32);
-                }
-            }
-            PreparedCase {
-                name: "a".into(),
+            let lab = v.iter().map(|&x| x as u8).collect();
+            let image = Array3::from_shape_vec((p, p, p), v).unwrap();
+            let labels = Array3::from_shape_vec((p, p, p), lab).unwrap();
+            PreparedCase::new(
+                "a".into(),
                 modality,
-                image: Volume::with_spacing(
-                    Array3::from_shape_vec((p, p, p), v).unwrap(),
-                    [4.0; 3],
-                ),
-                labels: Some(Volume::with_spacing(
-                    Array3::from_shape_vec((p, p, p), lab).unwrap(),
-                    [4.0; 3],
-                )),
-                class_voxels: cv,
-            }
+                Volume::with_spacing(image, [4.0; 3]),
+                Some(Volume::with_spacing(labels, [4.0; 3])),
+            )
         };
         let ct = phantom(p);
         let rots = cube_rotations();
