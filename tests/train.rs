@@ -186,3 +186,30 @@ fn tiny_training_loss_halves_on_four_cases() {
     assert!(run.join("loss_curves.png").is_file() && run.join("ppo_reward.png").is_file());
     assert!(run.join("checkpoints/best/model.bpk").is_file());
 }
+
+#[test]
+fn the_spatial_augmentation_reports_the_pose_it_kept() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    synth(&data, 3);
+    let mut cfg = TrainConfig::preset(Preset::Tiny);
+    cfg.steps_per_epoch = 1;
+    cfg.epochs = 1;
+    let plain = train(&cfg, &opts(&data, &d.path().join("plain"), false)).unwrap();
+    assert_eq!(
+        plain.augmentation_pose, None,
+        "nothing spatial is augmented"
+    );
+
+    cfg.sampler.augment.p_rotate = 0.5;
+    cfg.sampler.augment.max_rotation_deg = 30.0;
+    let rotated = train(&cfg, &opts(&data, &d.path().join("rot"), false)).unwrap();
+    // the data's MRI is the CT turned by R_pose: the kept pose is the rotation that
+    // turns it back, R_poseᵀ
+    let rot = rlu2net::geometry::cube_rotations();
+    let expected = rot
+        .iter()
+        .position(|r| *r == rot[rlu2net::data::synth::default_mr_pose()].inverse());
+    assert_eq!(rotated.augmentation_pose, expected);
+    assert_ne!(expected, Some(0), "the default pose is not the identity");
+}

@@ -505,7 +505,8 @@ def train(
     a callable ``progress(step, total_steps)``. Ctrl-C stops at the end of the current
     step with a checkpoint written (``resume=out`` continues) and raises
     ``KeyboardInterrupt``. Returns ``steps``, ``first_loss``, ``last_loss``,
-    ``best_val_dice``, ``stopped_early``; :func:`load` reads the run."""
+    ``best_val_dice``, ``stopped_early`` and ``augmentation_pose`` (the rotation index the
+    spatial augmentation kept, or ``None`` without it); :func:`load` reads the run."""
     f = lambda p: None if p is None else os.fspath(p)  # noqa: E731
     text = _call(
         progress,

@@ -21,7 +21,7 @@ use crate::config::TrainConfig;
 use crate::data::labels::{NUM_STRUCTURES, STRUCTURES};
 use crate::data::layout::{Dataset, Modality, Split, discover};
 use crate::data::sampler::{Batch, Pairing, Prefetcher};
-use crate::geometry::{SignedPerm, cube_rotations};
+use crate::geometry::{SignedPerm, cube_rotations, rotation_index};
 use crate::infer::Predictor;
 use crate::io::header::header_grid;
 use crate::io::write_atomically;
@@ -62,6 +62,9 @@ pub struct TrainSummary {
     pub last_loss: Option<f64>,
     pub best_val_dice: Option<f64>,
     pub stopped_early: bool,
+    /// The relative pose (index into `cube_rotations`) the spatial augmentation kept,
+    /// estimated before training; `None` when nothing spatial was augmented.
+    pub augmentation_pose: Option<usize>,
 }
 
 /// The checks that must pass before any work starts.
@@ -677,14 +680,19 @@ fn step_line(r: &StepResult, batch: &Batch, epoch: u64, step: u64, lr: f64) -> L
     })
 }
 
-/// The relative pose the spatial augmentation keeps: the identity when nothing
-/// spatial is augmented (no score is computed), else [`estimated_pose`].
-fn augmentation_pose(cfg: &TrainConfig, ct: &[PreparedCase], mr: &[PreparedCase]) -> SignedPerm {
+/// The relative pose the spatial augmentation keeps: `None` when nothing spatial is
+/// augmented (no score is computed, the sampler uses the identity), else
+/// [`estimated_pose`].
+fn augmentation_pose(
+    cfg: &TrainConfig,
+    ct: &[PreparedCase],
+    mr: &[PreparedCase],
+) -> Option<SignedPerm> {
     let a = &cfg.sampler.augment;
     if a.p_rotate <= 0.0 && a.p_scale <= 0.0 && a.p_flip <= 0.0 {
-        return SignedPerm::IDENTITY;
+        return None;
     }
-    estimated_pose(ct, mr, cfg.model.patch)
+    Some(estimated_pose(ct, mr, cfg.model.patch))
 }
 
 /// Train (or resume) a run.
@@ -695,11 +703,12 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSumm
     let mut metrics =
         MetricsLog::open(&run.dir.metrics_path(), opts.resume.then_some(t.state.step))?;
     let spe = cfg.steps_per_epoch.max(1);
+    let pose = augmentation_pose(cfg, &run.cases.ct_train, &run.cases.mr_train);
     let prefetch = Prefetcher::start(
         Arc::new(run.cases.ct_train.clone()),
         Arc::new(run.cases.mr_train.clone()),
         run.pairing,
-        augmentation_pose(cfg, &run.cases.ct_train, &run.cases.mr_train),
+        pose.unwrap_or(SignedPerm::IDENTITY),
         cfg.sampler.clone(),
         cfg.model.patch,
         cfg.seed,
@@ -764,5 +773,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSumm
         last_loss,
         best_val_dice: t.state.best_val_dice,
         stopped_early,
+        augmentation_pose: pose.as_ref().and_then(rotation_index),
     })
 }
