@@ -2,6 +2,9 @@
 //! spatial and intensity augmentation, modality self-pairing. A batch depends only
 //! on (seed, step), so it is reproducible, thread-independent and resumable.
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -79,6 +82,7 @@ impl AugmentConfig {
             ..AugmentConfig::default()
         }
     }
+
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -284,22 +288,30 @@ pub fn partner_matrix(m: &[[f64; 3]; 3], pose: &SignedPerm) -> [[f64; 3]; 3] {
     mat3_mul(&mat3_mul(&perm_matrix_f64(&pose.inverse()), m), &r)
 }
 
+/// The pairs training batches are drawn from: each modality's prepared cases (shared,
+/// not copied, with the loader's thread), how they pair, and the relative pose the
+/// spatial augmentation keeps: the cube rotation that turns the MRI onto the CT
+/// ([`partner_matrix`]; the identity when nothing spatial is augmented).
+#[derive(Clone, Debug)]
+pub struct TrainingPairs {
+    pub ct: Arc<[PreparedCase]>,
+    pub mr: Arc<[PreparedCase]>,
+    pub pairing: Pairing,
+    pub pose: SignedPerm,
+}
+
 /// The batch of training step `step`. The auxiliary (MRI) patch of each item sits
 /// at the same normalised position as the primary (CT) one, as inference pairs its
 /// windows ([`partner_start`]); one spatial augmentation serves both, conjugated by
-/// `pose` (the rotation that turns the MRI onto the CT, [`partner_matrix`]) for the
-/// MRI patch.
-#[allow(clippy::too_many_arguments)]
+/// the pairs' pose for the MRI patch.
 pub fn sample_batch(
-    ct: &[PreparedCase],
-    mr: &[PreparedCase],
-    pairing: Pairing,
-    pose: &SignedPerm,
+    pairs: &TrainingPairs,
     cfg: &SamplerConfig,
     patch: usize,
     seed: u64,
     step: u64,
 ) -> Batch {
+    let (ct, mr, pose) = (&pairs.ct, &pairs.mr, &pairs.pose);
     let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, &[0x5a3, step]));
     let n = patch * patch * patch;
     // self-pairing is decided per batch: its relative pose is the identity
@@ -316,7 +328,7 @@ pub fn sample_batch(
     };
     for _ in 0..cfg.batch_size {
         let ci = rng.random_range(0..ct.len());
-        let mi = match pairing {
+        let mi = match pairs.pairing {
             Pairing::Index if ci < mr.len() => ci,
             _ => rng.random_range(0..mr.len()),
         };
@@ -414,23 +426,18 @@ pub struct Prefetcher {
 }
 
 impl Prefetcher {
-    /// Batches for steps `first..last`, one ahead.
-    #[allow(clippy::too_many_arguments)]
+    /// The batches of `steps`, one ahead.
     pub fn start(
-        ct: std::sync::Arc<Vec<PreparedCase>>,
-        mr: std::sync::Arc<Vec<PreparedCase>>,
-        pairing: Pairing,
-        pose: SignedPerm,
+        pairs: TrainingPairs,
         cfg: SamplerConfig,
         patch: usize,
         seed: u64,
-        first: u64,
-        last: u64,
+        steps: Range<u64>,
     ) -> Prefetcher {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let handle = std::thread::spawn(move || {
-            for step in first..last {
-                let b = sample_batch(&ct, &mr, pairing, &pose, &cfg, patch, seed, step);
+            for step in steps {
+                let b = sample_batch(&pairs, &cfg, patch, seed, step);
                 if tx.send((step, b)).is_err() {
                     break;
                 }
@@ -488,17 +495,7 @@ mod tests {
         assert_ne!(a.ct, c.ct);
         assert_eq!(a.ct.len(), 2 * 512);
         // the prefetching thread yields the same batches
-        let p = Prefetcher::start(
-            ct.into(),
-            mr.into(),
-            Pairing::Random,
-            SignedPerm::IDENTITY,
-            cfg,
-            8,
-            42,
-            5,
-            7,
-        );
+        let p = Prefetcher::start(pairs(&ct, &mr, Pairing::Random), cfg, 8, 42, 5..7);
         assert_eq!(p.next().unwrap(), (5, a));
         assert_eq!(p.next().unwrap().1, c);
         assert!(p.next().is_none());
@@ -548,8 +545,16 @@ mod tests {
         }
     }
 
-    /// A case whose image is ten times its label map, so image and labels can be checked
-    /// against each other voxel by voxel.
+    /// Pairs of MRI volumes at the CT's pose.
+    fn pairs(ct: &[PreparedCase], mr: &[PreparedCase], pairing: Pairing) -> TrainingPairs {
+        TrainingPairs {
+            ct: ct.into(),
+            mr: mr.into(),
+            pairing,
+            pose: SignedPerm::IDENTITY,
+        }
+    }
+
     /// `sample_batch` for MRI volumes at the CT's pose.
     fn batch(
         ct: &[PreparedCase],
@@ -560,18 +565,11 @@ mod tests {
         seed: u64,
         step: u64,
     ) -> Batch {
-        sample_batch(
-            ct,
-            mr,
-            pairing,
-            &SignedPerm::IDENTITY,
-            cfg,
-            patch,
-            seed,
-            step,
-        )
+        sample_batch(&pairs(ct, mr, pairing), cfg, patch, seed, step)
     }
 
+    /// A case whose image is ten times its label map, so image and labels can be checked
+    /// against each other voxel by voxel.
     fn labelled_image(
         name: &str,
         modality: Modality,

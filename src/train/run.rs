@@ -20,7 +20,7 @@ use crate::checkpoint::{LoopState, load_checkpoint, save_checkpoint};
 use crate::config::TrainConfig;
 use crate::data::labels::{NUM_STRUCTURES, STRUCTURES};
 use crate::data::layout::{Dataset, Modality, Split, discover};
-use crate::data::sampler::{Batch, Pairing, Prefetcher};
+use crate::data::sampler::{Batch, Pairing, Prefetcher, TrainingPairs};
 use crate::geometry::{SignedPerm, cube_rotations, rotation_index};
 use crate::infer::Predictor;
 use crate::io::header::header_grid;
@@ -125,9 +125,10 @@ fn scalar(t: &Tensor<1>) -> f64 {
 
 /// The prepared training and validation cases of both modalities.
 struct Cases {
-    ct_train: Vec<PreparedCase>,
+    /// shared with the data loader's thread
+    ct_train: Arc<[PreparedCase]>,
     ct_val: Vec<PreparedCase>,
-    mr_train: Vec<PreparedCase>,
+    mr_train: Arc<[PreparedCase]>,
     mr_val: Vec<PreparedCase>,
 }
 
@@ -156,9 +157,9 @@ fn prepare_cases(
     let (ct_train, ct_val) = split(prep(Modality::Ct)?);
     let (mr_train, mr_val) = split(prep(Modality::Mr)?);
     Ok(Cases {
-        ct_train,
+        ct_train: ct_train.into(),
         ct_val,
-        mr_train,
+        mr_train: mr_train.into(),
         mr_val,
     })
 }
@@ -704,16 +705,18 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> anyhow::Result<TrainSumm
         MetricsLog::open(&run.dir.metrics_path(), opts.resume.then_some(t.state.step))?;
     let spe = cfg.steps_per_epoch.max(1);
     let pose = augmentation_pose(cfg, &run.cases.ct_train, &run.cases.mr_train);
+    let pairs = TrainingPairs {
+        ct: Arc::clone(&run.cases.ct_train),
+        mr: Arc::clone(&run.cases.mr_train),
+        pairing: run.pairing,
+        pose: pose.unwrap_or(SignedPerm::IDENTITY),
+    };
     let prefetch = Prefetcher::start(
-        Arc::new(run.cases.ct_train.clone()),
-        Arc::new(run.cases.mr_train.clone()),
-        run.pairing,
-        pose.unwrap_or(SignedPerm::IDENTITY),
+        pairs,
         cfg.sampler.clone(),
         cfg.model.patch,
         cfg.seed,
-        t.state.step,
-        cfg.total_steps(),
+        t.state.step..cfg.total_steps(),
     );
     let pb = match &opts.watch {
         Some(w) => watched_bar(w, t.total(), t.state.step),
