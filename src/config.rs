@@ -109,7 +109,8 @@ impl TrainConfig {
             sampler: SamplerConfig {
                 batch_size: batch,
                 augment: match p {
-                    Preset::Tiny | Preset::Cpu => AugmentConfig::none(),
+                    Preset::Tiny => AugmentConfig::none(),
+                    Preset::Cpu => AugmentConfig::rotations(0.5, 30.0),
                     Preset::Paper => AugmentConfig::default(),
                 },
                 ..SamplerConfig::default()
