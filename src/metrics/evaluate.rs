@@ -11,7 +11,10 @@ use crate::data::labels::labels_to_classes;
 use crate::data::layout::Modality;
 use crate::io::{read_nifti, write_atomically};
 
-/// `<case>_label.nii[.gz]` files anywhere under `dir`, keyed by case name.
+/// `<case>_label.nii[.gz]` files anywhere under `dir`, keyed by case name. A case
+/// name found twice (say a prediction folder holding another set's predictions in a
+/// subfolder) is an error naming both files: which one would be scored is not for
+/// the order of a folder listing to decide.
 pub fn label_files(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -35,7 +38,14 @@ pub fn label_files(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
                 .strip_suffix("_label.nii.gz")
                 .or_else(|| name.strip_suffix("_label.nii"))
             {
-                out.insert(case.to_string(), p);
+                if let Some(first) = out.insert(case.to_string(), p.clone()) {
+                    anyhow::bail!(
+                        "{}: case {case} is there twice, as {} and {}; point at a folder that holds one of them",
+                        dir.display(),
+                        first.display(),
+                        p.display()
+                    );
+                }
             }
         }
     }
@@ -121,4 +131,52 @@ pub fn evaluate(pred: &Path, truth: &Path, out: Option<&Path>) -> anyhow::Result
         )?;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(p: &Path) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"").unwrap();
+    }
+
+    #[test]
+    fn label_files_are_found_in_subfolders_by_case_name() {
+        let d = tempfile::tempdir().unwrap();
+        touch(&d.path().join("ct_test/ct_test_2001_label.nii.gz"));
+        touch(&d.path().join("mr_test/mr_test_2001_label.nii"));
+        touch(&d.path().join("ct_test/ct_test_2001_image.nii.gz"));
+        touch(&d.path().join("ct_test/.ct_test_2002_label.nii.gz"));
+        let f = label_files(d.path()).unwrap();
+        assert_eq!(
+            f.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["ct_test_2001", "mr_test_2001"]
+        );
+        assert_eq!(
+            f["mr_test_2001"],
+            d.path().join("mr_test/mr_test_2001_label.nii")
+        );
+    }
+
+    #[test]
+    fn a_case_found_twice_is_an_error_naming_both_files() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            d.path().join("ct_test_2001_label.nii.gz"),
+            d.path().join("other/ct_test_2001_label.nii.gz"),
+        );
+        touch(&a);
+        touch(&b);
+        let e = label_files(d.path()).unwrap_err().to_string();
+        assert!(e.contains("ct_test_2001 is there twice"), "{e}");
+        assert!(e.contains(&a.display().to_string()), "{e}");
+        assert!(e.contains(&b.display().to_string()), "{e}");
+        // evaluating such a folder stops before reading anything
+        let t = tempfile::tempdir().unwrap();
+        touch(&t.path().join("ct_test/ct_test_2001_label.nii.gz"));
+        let e = evaluate(d.path(), t.path(), None).unwrap_err().to_string();
+        assert!(e.contains("twice"), "{e}");
+    }
 }
