@@ -80,7 +80,9 @@ unsafe impl Sync for Conf {}
 /// with one arena it stays near glibc's, at the same speed), transparent huge pages for all
 /// memory and its metadata, mappings retained and freed pages never returned to the
 /// kernel (the tensors of the next step reuse them; any decay, even 30 s, made the `cpu`
-/// step 15–19 % slower). The
+/// step 15–19 % slower; the training loop instead hands them back once an epoch,
+/// [`release_free_memory`], because after some allocation histories the freed pages were
+/// not reused and the demo's RSS grew to 6–8 GiB again). The
 /// symbol is the one tikv-jemalloc-sys's prefixed jemalloc reads; `_RJEM_MALLOC_CONF` in
 /// the environment still overrides it.
 #[unsafe(export_name = "_rjem_malloc_conf")]
@@ -91,8 +93,8 @@ pub static MALLOC_CONF: Conf = Conf(
 
 /// Hand the pages jemalloc holds unused back to the kernel (its `arena.<all>.purge`).
 /// A process that keeps running after a computation (the Python package, after each
-/// call) calls this so that its resident memory falls back to what it still uses; the
-/// command line never needs it, as it exits. Returns whether jemalloc accepted it.
+/// call) calls this so that its resident memory falls back to what it still uses, and
+/// the training loop calls it at each epoch's end. Returns whether jemalloc accepted it.
 pub fn release_free_memory() -> bool {
     // jemalloc's MALLCTL_ARENAS_ALL: the command applies to every arena
     let name = c"arena.4096.purge";

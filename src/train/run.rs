@@ -519,6 +519,13 @@ impl<'a> Trainer<'a> {
         if let Err(e) = redraw_plots(run.dir.root()) {
             tracing::warn!("plots: {e:#}");
         }
+        // the pages the epoch freed back to the kernel: the allocator keeps freed pages
+        // for the next step's tensors and never decays them, and after some allocation
+        // histories (the demo's, with the generator run first in the same process) it
+        // kept taking new pages instead, to 6–8 GiB resident in ten minutes (BENCHMARKS.md,
+        // "The demo's memory"); once an epoch the next step's page faults cost little
+        #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+        crate::allocator::release_free_memory();
         Ok(())
     }
 }
