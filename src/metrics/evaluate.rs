@@ -34,18 +34,19 @@ pub fn label_files(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
             if name.starts_with('.') {
                 continue;
             }
-            if let Some(case) = name
+            let Some(case) = name
                 .strip_suffix("_label.nii.gz")
                 .or_else(|| name.strip_suffix("_label.nii"))
-            {
-                if let Some(first) = out.insert(case.to_string(), p.clone()) {
-                    anyhow::bail!(
-                        "{}: case {case} is there twice, as {} and {}; point at a folder that holds one of them",
-                        dir.display(),
-                        first.display(),
-                        p.display()
-                    );
-                }
+            else {
+                continue;
+            };
+            if let Some(first) = out.insert(case.to_string(), p.clone()) {
+                anyhow::bail!(
+                    "{}: case {case} is there twice, as {} and {}; point at a folder that holds one of them",
+                    dir.display(),
+                    first.display(),
+                    p.display()
+                );
             }
         }
     }
