@@ -484,6 +484,11 @@ fn train_cfg() -> rlu2net::train::TrainConfig {
     let mut cfg = rlu2net::train::TrainConfig::preset(Preset::Tiny);
     cfg.model = micro();
     cfg.loss.align_window = cfg.model.window;
+    // a 6 mm working grid: the test volumes (about 200–260 mm across) take 8 windows per
+    // prediction instead of up to 27 at `tiny`'s 4 mm; on a software Vulkan device each
+    // window is seconds, and the test predicts five times (one validation per run, each
+    // checkpoint on both devices)
+    cfg.preprocess.spacing = 6.0;
     cfg.epochs = 1;
     cfg.steps_per_epoch = 5;
     cfg.ppo.buffer_size = 4; // a PPO update after step 4 (both devices)
@@ -530,6 +535,10 @@ fn training_inference_and_checkpoints_agree_across_devices() {
     synth(&data);
     let cfg = train_cfg();
     let mut runs = Vec::new();
+    // each phase's time, for CI's log (on a software device the GPU's phases are most of
+    // the test set's time)
+    let t0 = std::time::Instant::now();
+    let lap = |what: &str| eprintln!("{:7.1} s  {what}", t0.elapsed().as_secs_f64());
     for (name, device) in [("cpu", cpu()), ("gpu", gpu())] {
         let out = d.path().join(name);
         let opts = rlu2net::train::TrainOptions {
@@ -542,6 +551,7 @@ fn training_inference_and_checkpoints_agree_across_devices() {
             watch: None,
         };
         rlu2net::train::train(&cfg, &opts).unwrap();
+        lap(&format!("trained on the {name} (five steps and a validation)"));
         runs.push(out);
     }
     let (lc, lg) = (step_losses(&runs[0]), step_losses(&runs[1]));
@@ -558,7 +568,9 @@ fn training_inference_and_checkpoints_agree_across_devices() {
     // the CPU-trained checkpoint on the GPU and the GPU-trained one on the CPU
     for run in &runs {
         let on_cpu = labels_of(run, cpu(), &data);
+        lap(&format!("{} predicted on the CPU", run.display()));
         let on_gpu = labels_of(run, gpu(), &data);
+        lap(&format!("{} predicted on the GPU", run.display()));
         let a = agreement(&on_cpu, &on_gpu);
         eprintln!(
             "{}: labels agree on {:.4}% of {} voxels",
