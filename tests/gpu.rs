@@ -551,7 +551,9 @@ fn training_inference_and_checkpoints_agree_across_devices() {
             watch: None,
         };
         rlu2net::train::train(&cfg, &opts).unwrap();
-        lap(&format!("trained on the {name} (five steps and a validation)"));
+        lap(&format!(
+            "trained on the {name} (five steps and a validation)"
+        ));
         runs.push(out);
     }
     let (lc, lg) = (step_losses(&runs[0]), step_losses(&runs[1]));
